@@ -1,0 +1,398 @@
+"""Train the FER2013 CNNs with Keras 3 (TensorFlow backend by default; JAX or torch on a GPU machine).
+
+A run lives in one folder (``--out``):
+
+- ``config.json``   the recipe and the exact command
+- ``last.keras``    the training model (augmentation + network + optimizer state), saved every epoch
+- ``best.keras``    the inference network (no augmentation) with the best validation accuracy so far
+- ``state.json``    epochs done, planned epochs, history, best epoch: what ``--resume`` continues from
+- ``metrics.json``  the final report (written once training ends)
+
+Every file is written atomically, so a run killed at any point (SIGKILL included) resumes from its last
+completed epoch with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer_sdk.constants import EMOTIONS
+from fer_sdk.errors import DatasetError, FerSdkError
+from fer_sdk.io import atomic_path, atomic_write_json
+from fer_sdk.metrics import classification_report
+
+from .architectures import ARCHITECTURES, build
+
+#: Default recipe per architecture; every field can be overridden from the CLI.
+DEFAULT_EPOCHS = {"shallow": 60, "deep": 120}
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    epochs: int | None = None  # None: DEFAULT_EPOCHS[arch]
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum 0.9) or "adamw"
+    lr: float | None = None  # None: 0.01 for sgd, 1e-3 for adamw
+    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw (decoupled, Keras' convention)
+    warmup_epochs: int = 3
+    label_smoothing: float = 0.1
+    augment: bool = True
+    class_weighting: str = "sqrt"  # "none", "sqrt" (sqrt of inverse frequency) or "balanced"
+    dropout: float = 0.25
+    fc_dropout: float = 0.5
+    seed: int = 0
+    time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise FerSdkError(f"unknown architecture {self.arch!r}; use one of: {', '.join(ARCHITECTURES)}")
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS[self.arch]
+        if self.optimizer not in ("sgd", "adamw"):
+            raise FerSdkError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
+        if self.lr is None:
+            self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
+        if self.weight_decay is None:
+            self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
+        if self.class_weighting not in ("none", "sqrt", "balanced"):
+            raise FerSdkError(
+                f"unknown class weighting {self.class_weighting!r}; use 'none', 'sqrt' or 'balanced'"
+            )
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise FerSdkError(f"{name}={value!r} must be a positive integer (e.g. {name}=32)")
+        if not self.lr > 0:
+            raise FerSdkError(f"lr={self.lr!r} must be > 0 (e.g. lr=0.01)")
+
+
+@dataclass
+class Splits:
+    """Arrays for one run: uint8 faces (N, 48, 48) and int labels; ``val_name`` names the selection split."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    val_name: str = "PublicTest"
+
+    def __post_init__(self) -> None:
+        for part in ("train", "val"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            if x.ndim != 3 or x.shape[1:] != (48, 48) or x.dtype != np.uint8:
+                raise DatasetError(f"x_{part} must be uint8 (N, 48, 48); got {x.dtype} {x.shape}")
+            if len(x) != len(y) or len(x) == 0:
+                raise DatasetError(f"x_{part} has {len(x)} faces but y_{part} has {len(y)} labels")
+
+
+def lr_at(epoch: int, cfg: TrainConfig, planned: int) -> float:
+    """Linear warm-up, then cosine decay to 1 % of the peak at the last planned epoch (0-based epoch)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    span = max(planned - cfg.warmup_epochs - 1, 1)
+    progress = min((epoch - cfg.warmup_epochs) / span, 1.0)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def class_weights(y: np.ndarray, mode: str) -> np.ndarray:
+    """Per-class loss weights, normalised so the mean weight over training samples is 1."""
+    counts = np.bincount(y, minlength=len(EMOTIONS)).astype(np.float64)
+    if mode == "none":
+        return np.ones(len(EMOTIONS))
+    inv = counts.sum() / np.maximum(counts, 1) / len(EMOTIONS)
+    w = np.sqrt(inv) if mode == "sqrt" else inv
+    return w / (w[y].mean())
+
+
+def to_model_input(x: np.ndarray) -> np.ndarray:
+    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) in [0, 1]: the exported model's input contract."""
+    return (x.astype(np.float32) / 255.0)[..., None]
+
+
+def _augmenter(seed: int):
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+            layers.RandomRotation(0.04, fill_mode="nearest", seed=seed + 2),  # +-14 degrees
+            layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3),
+            layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
+            layers.RandomErasing(factor=0.5, scale=(0.02, 0.12), value_range=(0.0, 1.0), seed=seed + 5),
+        ],
+        name="augment",
+    )
+
+
+def _optimizer(cfg: TrainConfig):
+    import keras
+
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    return keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _compile(model, cfg: TrainConfig) -> None:
+    import keras
+
+    model.compile(
+        optimizer=_optimizer(cfg),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def build_training_model(cfg: TrainConfig):
+    """The network wrapped with (training-only) augmentation; ``model.layers[-1]`` is the network."""
+    import keras
+
+    net = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
+    stack = [keras.Input((48, 48, 1), name="faces")]
+    if cfg.augment:
+        stack.append(_augmenter(cfg.seed))
+    model = keras.Sequential([*stack, net], name=f"train_{cfg.arch}")
+    _compile(model, cfg)
+    return model
+
+
+def hardware() -> dict:
+    import keras
+
+    info = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "accelerators": [],
+    }
+    backend = info["backend"]
+    try:
+        if backend == "jax":
+            import jax
+
+            info["accelerators"] = [str(d) for d in jax.devices() if d.platform != "cpu"]
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            info["tensorflow"] = tf.__version__
+            info["accelerators"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                info["accelerators"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # hardware description is informational; never fail a run over it
+        info["accelerators_error"] = repr(exc)
+    info["device"] = ", ".join(info["accelerators"]) or f"CPU ({info['cpu']}, {info['cpu_count']} cores)"
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class _RunCallback:
+    """Factory for the Keras callback doing schedule, checkpoints, time budget and progress lines."""
+
+    @staticmethod
+    def make(cfg: TrainConfig, out: Path, state: dict, log):
+        import keras
+
+        class RunCallback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t0 = time.perf_counter()
+                lr = lr_at(epoch, cfg, state["planned_epochs"])
+                self.model.optimizer.learning_rate.assign(lr)
+                self._lr = lr
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = dict(logs or {})
+                seconds = time.perf_counter() - self._t0
+                state["wall_time_s"] += seconds
+                record = {
+                    "epoch": epoch + 1,
+                    "lr": self._lr,
+                    "seconds": round(seconds, 2),
+                    **{k: float(v) for k, v in logs.items()},
+                }
+                state["history"].append(record)
+                val_acc = float(logs.get("val_accuracy", float("nan")))
+                if val_acc > state["best_val_accuracy"]:
+                    state["best_val_accuracy"] = val_acc
+                    state["best_epoch"] = epoch + 1
+                    with atomic_path(out / "best.keras") as tmp:
+                        self.model.layers[-1].save(tmp)
+                with atomic_path(out / "last.keras") as tmp:
+                    self.model.save(tmp)
+                state["epochs_done"] = epoch + 1
+                self._apply_budget(epoch)
+                atomic_write_json(out / "state.json", state)  # written last: it names a saved epoch
+                log(
+                    f"epoch {epoch + 1}/{state['planned_epochs']}  lr {self._lr:.5f}  "
+                    f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}  "
+                    f"val_acc {val_acc:.4f}  best {state['best_val_accuracy']:.4f}@{state['best_epoch']}  "
+                    f"{seconds:.1f}s"
+                )
+                if epoch + 1 >= state["planned_epochs"]:
+                    self.model.stop_training = True
+
+            def _apply_budget(self, epoch):
+                if cfg.time_budget_s is None or epoch < 1:
+                    return
+                # Epoch 1 includes compilation; estimate from the later ones.
+                recent = [h["seconds"] for h in state["history"][1:]][-5:]
+                per_epoch = sum(recent) / len(recent)
+                remaining = cfg.time_budget_s - state["wall_time_s"]
+                affordable = epoch + 1 + int(remaining // per_epoch)
+                if affordable < state["planned_epochs"]:
+                    state["planned_epochs"] = max(affordable, epoch + 1)
+                    log(f"time budget: schedule shortened to {state['planned_epochs']} epochs")
+
+        return RunCallback()
+
+
+def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
+    saved = json.loads((out / "config.json").read_text())
+    ignore = {"command", "time_budget_s", "epochs"}
+    diff = {
+        k: (saved[k], v)
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ignore and k in saved and saved[k] != v
+    }
+    if diff:
+        detail = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, (a, b) in diff.items())
+        raise FerSdkError(
+            f"cannot resume {out}: its recipe differs ({detail}); resume with the same options or use a new --out"
+        )
+    return cfg
+
+
+def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: bool = False, log=print) -> dict:
+    """Train (or resume) a run in ``out``; return the final metrics (also written to ``metrics.json``)."""
+    import keras
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "state.json"
+    if resume and state_file.exists() and (out / "last.keras").exists():
+        cfg = _check_resume(out, cfg)
+        state = json.loads(state_file.read_text())
+        state["planned_epochs"] = max(state["planned_epochs"], state["epochs_done"])
+        if cfg.epochs != state.get("requested_epochs"):
+            state["planned_epochs"] = state["requested_epochs"] = cfg.epochs
+        model = keras.models.load_model(out / "last.keras")
+        log(f"resuming {out} after epoch {state['epochs_done']} (best {state['best_val_accuracy']:.4f})")
+    else:
+        if not resume and state_file.exists():
+            raise FerSdkError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+        keras.utils.set_random_seed(cfg.seed)
+        _enable_determinism()
+        model = build_training_model(cfg)
+        state = {
+            "epochs_done": 0,
+            "planned_epochs": cfg.epochs,
+            "requested_epochs": cfg.epochs,
+            "best_val_accuracy": -1.0,
+            "best_epoch": 0,
+            "wall_time_s": 0.0,
+            "history": [],
+        }
+        atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+
+    x_train, x_val = to_model_input(data.x_train), to_model_input(data.x_val)
+    eye = np.eye(len(EMOTIONS), dtype=np.float32)
+    y_train, y_val = eye[data.y_train], eye[data.y_val]
+    sample_weight = class_weights(data.y_train, cfg.class_weighting)[data.y_train].astype(np.float32)
+
+    if state["epochs_done"] < state["planned_epochs"]:
+        log(
+            f"training {cfg.arch} on {len(x_train)} faces ({data.val_name}: {len(x_val)}), "
+            f"{hardware()['device']}, backend {keras.backend.backend()}"
+        )
+        model.fit(
+            x_train,
+            y_train,
+            sample_weight=sample_weight,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs if cfg.time_budget_s is None else max(cfg.epochs, state["planned_epochs"]),
+            initial_epoch=state["epochs_done"],
+            validation_data=(x_val, y_val),
+            callbacks=[_RunCallback.make(cfg, out, state, log)],
+            shuffle=True,
+            verbose=0,
+        )
+    metrics = evaluate_run(out, data, cfg, state)
+    atomic_write_json(out / "metrics.json", metrics)
+    log(
+        f"done: best {data.val_name} accuracy {metrics['splits'][data.val_name]['accuracy']:.4f} "
+        f"(epoch {state['best_epoch']}), flip-TTA {metrics['splits'][data.val_name]['accuracy_flip_tta']:.4f}"
+    )
+    return metrics
+
+
+def _enable_determinism() -> None:
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.enable_op_determinism()
+
+
+def predict_proba(model, x_uint8: np.ndarray, *, flip: bool = False, batch_size: int = 256) -> np.ndarray:
+    x = to_model_input(x_uint8)
+    p = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    if flip:
+        p = (p + np.asarray(model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0))) / 2
+    return p
+
+
+def evaluate_run(out: Path, data: Splits, cfg: TrainConfig, state: dict) -> dict:
+    import keras
+
+    model = keras.models.load_model(out / "best.keras")
+    splits = {}
+    for name, x, y in (("Training", data.x_train, data.y_train), (data.val_name, data.x_val, data.y_val)):
+        p = predict_proba(model, x)
+        report = classification_report(y, p.argmax(1))
+        report["accuracy_flip_tta"] = float((predict_proba(model, x, flip=True).argmax(1) == y).mean())
+        splits[name] = report
+    return {
+        "architecture": cfg.arch,
+        "parameters": int(model.count_params()),
+        "config": dataclasses.asdict(cfg),
+        "command": cfg.command,
+        "selection_split": data.val_name,
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epochs_done"],
+        "wall_time_s": round(state["wall_time_s"], 1),
+        "hardware": hardware(),
+        "splits": splits,
+        "history": state["history"],
+    }
