@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 RECIPES = {
-    "shallow": dict(arch="shallow", epochs=80, optimizer="sgd"),
+    "shallow": dict(arch="shallow", epochs=60, optimizer="sgd"),
     "deep-sgd": dict(arch="deep", epochs=150, optimizer="sgd"),
     "deep-adamw": dict(arch="deep", epochs=150, optimizer="adamw"),
     "deep-sgd-lr03": dict(arch="deep", epochs=150, optimizer="sgd", lr=0.03),
@@ -54,8 +54,14 @@ def worker(args) -> None:
         f"fer-sdk train --arch {recipe['arch']} --optimizer {recipe['optimizer']} --data fer2013.csv.gz "
         f"--epochs EPOCHS_DONE  # KERAS_BACKEND=jax on a GPU; EPOCHS_DONE from metrics.json"
     ))
-    train(cfg, Splits(x_tr, y_tr, x_va, y_va), Path(args.work) / args.worker, resume=True,
-          log=lambda m: print(f"[{args.worker}] {m}", flush=True))
+    log = lambda m: print(f"[{args.worker}] {m}", flush=True)  # noqa: E731
+    splits = Splits(x_tr, y_tr, x_va, y_va)
+    if args.fit:
+        train(cfg, splits, Path(args.work) / args.worker, resume=True, log=log)
+    else:
+        from .jax_loop import train_on_device
+
+        train_on_device(cfg, splits, Path(args.work) / args.worker, log=log)
 
 
 def _best(run: Path) -> float:
@@ -101,6 +107,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="train on the first N faces only (smoke tests)")
     ap.add_argument("--override", default="{}", help="JSON of TrainConfig fields applied to every run")
     ap.add_argument("--mem-fraction", default="0.2")
+    ap.add_argument("--fit", action="store_true", help="use keras model.fit instead of the on-device loop")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

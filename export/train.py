@@ -53,6 +53,8 @@ class TrainConfig:
     dropout: float = 0.25
     fc_dropout: float = 0.5
     seed: int = 0
+    augment_level: str = "strong"  # "strong" (geometry + contrast + erasing) or "light" (flip + small geometry)
+    init_from: str | None = None  # a .keras network whose weights start the run (fine-tuning)
     time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
@@ -67,6 +69,8 @@ class TrainConfig:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
         if self.weight_decay is None:
             self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
+        if self.augment_level not in ("strong", "light"):
+            raise FerSdkError(f"unknown augment level {self.augment_level!r}; use 'strong' or 'light'")
         if self.class_weighting not in ("none", "sqrt", "balanced"):
             raise FerSdkError(
                 f"unknown class weighting {self.class_weighting!r}; use 'none', 'sqrt' or 'balanced'"
@@ -122,21 +126,27 @@ def to_model_input(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) / 255.0)[..., None]
 
 
-def _augmenter(seed: int):
+def _augmenter(seed: int, level: str = "strong"):
     import keras
     from keras import layers
 
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+    stack = [
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+    ]
+    if level == "strong":
+        stack += [
             layers.RandomRotation(0.04, fill_mode="nearest", seed=seed + 2),  # +-14 degrees
             layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3),
             layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
             layers.RandomErasing(factor=0.5, scale=(0.02, 0.12), value_range=(0.0, 1.0), seed=seed + 5),
-        ],
-        name="augment",
-    )
+        ]
+    else:
+        stack += [
+            layers.RandomRotation(0.025, fill_mode="nearest", seed=seed + 2),  # +-9 degrees
+            layers.RandomZoom(0.05, fill_mode="nearest", seed=seed + 3),
+        ]
+    return keras.Sequential(stack, name="augment")
 
 
 def _optimizer(cfg: TrainConfig):
@@ -164,9 +174,14 @@ def build_training_model(cfg: TrainConfig):
     import keras
 
     net = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
+    if cfg.init_from:
+        source = keras.models.load_model(cfg.init_from)
+        if source.count_params() != net.count_params():
+            raise FerSdkError(f"--init-from {cfg.init_from} is not a {cfg.arch} network; pass a {cfg.arch} .keras")
+        net.set_weights(source.get_weights())
     stack = [keras.Input((48, 48, 1), name="faces")]
     if cfg.augment:
-        stack.append(_augmenter(cfg.seed))
+        stack.append(_augmenter(cfg.seed, cfg.augment_level))
     model = keras.Sequential([*stack, net], name=f"train_{cfg.arch}")
     _compile(model, cfg)
     return model
@@ -373,15 +388,15 @@ def predict_proba(model, x_uint8: np.ndarray, *, flip: bool = False, batch_size:
     return p
 
 
-def evaluate_run(out: Path, data: Splits, cfg: TrainConfig, state: dict) -> dict:
+def evaluate_run(out: Path, data: Splits, cfg: TrainConfig, state: dict, *, predict=predict_proba) -> dict:
     import keras
 
     model = keras.models.load_model(out / "best.keras")
     splits = {}
     for name, x, y in (("Training", data.x_train, data.y_train), (data.val_name, data.x_val, data.y_val)):
-        p = predict_proba(model, x)
+        p = predict(model, x)
         report = classification_report(y, p.argmax(1))
-        report["accuracy_flip_tta"] = float((predict_proba(model, x, flip=True).argmax(1) == y).mean())
+        report["accuracy_flip_tta"] = float((predict(model, x, flip=True).argmax(1) == y).mean())
         splits[name] = report
     return {
         "architecture": cfg.arch,
@@ -396,3 +411,24 @@ def evaluate_run(out: Path, data: Splits, cfg: TrainConfig, state: dict) -> dict
         "splits": splits,
         "history": state["history"],
     }
+
+
+def load_splits(path: str | os.PathLike, *, val_split: float | None = None, seed: int = 0) -> Splits:
+    """Read FER2013 (CSV, .gz or image folders): fit on Training, select on PublicTest or a Training slice."""
+    from fer_sdk.data import read_fer2013
+
+    wanted = ["Training"] if val_split else ["Training", "PublicTest"]
+    splits = read_fer2013(path, splits=wanted)
+    if "Training" not in splits:
+        raise DatasetError(f"{path} has no Training faces; training needs the Training split")
+    x, y = splits["Training"]
+    if val_split:
+        from sklearn.model_selection import train_test_split
+
+        x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=val_split, stratify=y, random_state=seed)
+        return Splits(x_tr, y_tr, x_va, y_va, val_name="TrainingHoldout")
+    if "PublicTest" not in splits:
+        raise DatasetError(
+            f"{path} has no PublicTest faces to select the model on; pass --val-split 0.1 to hold out Training"
+        )
+    return Splits(x, y, *splits["PublicTest"], val_name="PublicTest")

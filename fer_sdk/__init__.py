@@ -1,0 +1,66 @@
+"""fer-sdk: facial expression recognition (FER2013, 7 emotions) on ONNX Runtime.
+
+    >>> from fer_sdk import Classifier
+    >>> clf = Classifier()                      # best bundled model, CPU
+    >>> clf.analyze("photo.jpg")                # [Face(box=(x, y, w, h), emotion='happy', ...)]
+    >>> clf.predict_proba(faces_48x48)          # (N, 7) float32, columns in EMOTIONS order
+
+Importing this package loads neither ONNX Runtime nor TensorFlow: ``Classifier`` and ``Face`` are imported on
+first use, and ONNX Runtime when a ``Classifier`` is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .constants import EMOTIONS
+from .errors import (
+    DatasetError,
+    DependencyError,
+    FerSdkError,
+    InvalidImageError,
+    InvalidInputError,
+    ModelError,
+)
+from .registry import ModelSpec, list_models
+
+if TYPE_CHECKING:
+    from .classifier import Classifier, Face
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("fer-sdk")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "EMOTIONS",
+    "Classifier",
+    "DatasetError",
+    "DependencyError",
+    "Face",
+    "FerSdkError",
+    "InvalidImageError",
+    "InvalidInputError",
+    "ModelError",
+    "ModelSpec",
+    "__version__",
+    "list_models",
+]
+
+_LAZY = {"Classifier": "classifier", "Face": "classifier"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fer_sdk' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

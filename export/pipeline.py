@@ -1,0 +1,58 @@
+"""``fer-sdk export``: a run folder or .keras file -> parity-checked fp32 ONNX (+ optional INT8)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fer_sdk.errors import DatasetError
+
+PARITY_FACES = 512
+
+
+def _faces(path, split_preference: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
+    from fer_sdk.data import read_fer2013
+
+    splits = read_fer2013(path)
+    for name in split_preference:
+        if name in splits and len(splits[name][0]):
+            return (*splits[name], name)
+    raise DatasetError(f"{path} holds none of the splits {', '.join(split_preference)}; pass the FER2013 CSV")
+
+
+def int8_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.stem}-int8{out.suffix or '.onnx'}")
+
+
+def export_model(
+    source,
+    out,
+    *,
+    data,
+    int8: bool = False,
+    calibration=None,
+    calibration_size: int = 1000,
+    opset: int = 17,
+    seed: int = 0,
+    log=print,
+) -> list[Path]:
+    """Export ``source`` to ``out`` (fp32); with ``int8`` also ``<out>-int8.onnx``. Returns written paths."""
+    from .convert import export_onnx
+
+    x_eval, y_eval, eval_name = _faces(data, ("PublicTest", "PrivateTest", "Training"))
+    export_onnx(source, out, parity_faces=x_eval[:PARITY_FACES], opset=opset, log=log)
+    written = [Path(out)]
+    if int8:
+        from .quantize import quantize_int8
+
+        x_cal, _, cal_name = _faces(calibration or data, ("Training",))
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(x_cal), size=min(calibration_size, len(x_cal)), replace=False)
+        log(f"calibrating INT8 on {len(pick)} {cal_name} faces; evaluating on {len(x_eval)} {eval_name} faces")
+        quantize_int8(out, int8_path(out), calibration_faces=x_cal[np.sort(pick)],
+                      eval_faces=x_eval, eval_labels=y_eval, log=log)
+        written.append(int8_path(out))
+    return written

@@ -1,0 +1,213 @@
+"""Bundle trained runs into the package: fp32 + INT8 ONNX, model cards, and the manifest with sha256.
+
+    python -m fer_sdk.export.ship --data fer2013.csv.gz --run shallow=runs/shallow --run deep=runs/deep
+
+For each ``name=RUN_DIR`` it exports ``name.onnx`` and ``name-int8.onnx`` into ``fer_sdk/models/``,
+evaluates both with ONNX Runtime on PublicTest, writes ``cards/<model>.{json,md,png}`` and rewrites
+``manifest.json``. Every number on a card comes from this command's own evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "fer_sdk" / "models"
+
+KNOWN_LIMITS = [
+    "FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
+    "views, occlusions, strong lighting and faces far from that distribution.",
+    "The classes are skewed: happy is 25 % of Training, disgust 1.5 % (436 faces); disgust recall is the "
+    "least reliable number on the card.",
+    "FER2013 labels are noisy; human accuracy on the dataset is about 65 %.",
+    "PublicTest selected the checkpoint (best epoch) and is also the split reported, so its number is "
+    "slightly optimistic; the withheld PrivateTest is measured independently.",
+    "Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
+    "about people.",
+]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reproduce_command(run_metrics: dict) -> str:
+    cfg = run_metrics["config"]
+    backend = run_metrics.get("hardware", {}).get("backend", "tensorflow")
+    parts = [
+        f"KERAS_BACKEND={backend}" if backend != "tensorflow" else None,
+        "fer-sdk train",
+        f"--arch {cfg['arch']}",
+        "--data fer2013.csv.gz",
+        f"--epochs {run_metrics['epochs']}",
+        f"--batch-size {cfg['batch_size']}",
+        f"--optimizer {cfg['optimizer']}",
+        f"--lr {cfg['lr']}",
+        f"--seed {cfg['seed']}",
+        f"--out runs/{cfg['arch']}",
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def confusion_png(report: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(report["confusion_matrix"], dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5.2), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    labels = report["labels"]
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def card_markdown(card: dict) -> str:
+    r = card["evaluation"]
+    lines = [
+        f"# fer-sdk model card: `{card['name']}`",
+        "",
+        f"{card['architecture']} CNN, {card['precision']}, {card['parameters']:,} parameters, "
+        f"{card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.",
+        "",
+        "## Results on FER2013 PublicTest (3,589 faces)",
+        "",
+        f"- accuracy **{100 * r['accuracy']:.2f} %**, macro-F1 {r['macro_f1']:.4f}",
+        f"- with flip test-time augmentation (`Classifier(flip_tta=True)`, 2x compute): "
+        f"{100 * card['evaluation_flip_tta']['accuracy']:.2f} %",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in r["per_class"].items():
+        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    lines += ["", f"![confusion matrix]({Path(card['confusion_png']).name})", "", "## Data and training", ""]
+    t = card["training"]
+    lines += [
+        "- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
+        "PublicTest accuracy was kept; PrivateTest is withheld from this project.",
+        f"- Recipe: {t['recipe']}",
+        f"- Epochs: {t['epochs']} (best epoch {t['best_epoch']}); wall time {t['wall_time_s'] / 60:.1f} min on "
+        f"{t['hardware']}.",
+        f"- Reproduce: `{t['command']}`, then `fer-sdk export runs/{card['architecture']} --out "
+        f"{card['architecture']}.onnx --data fer2013.csv.gz --int8`.",
+    ]
+    if card.get("quantization"):
+        q = card["quantization"]
+        lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
+    lines += ["", "## Evaluate it yourself", "", f"`{card['evaluate_command']}`", "", "## Known limits", ""]
+    lines += [f"- {item}" for item in card["known_limits"]]
+    return "\n".join(lines) + "\n"
+
+
+def recipe_text(cfg: dict) -> str:
+    return (
+        f"{cfg['optimizer'].upper()} (peak lr {cfg['lr']}, weight decay {cfg['weight_decay']}), batch "
+        f"{cfg['batch_size']}, {cfg['warmup_epochs']} warm-up epochs then cosine decay; label smoothing "
+        f"{cfg['label_smoothing']}; class weights {cfg['class_weighting']}; dropout {cfg['dropout']} (conv) / "
+        f"{cfg['fc_dropout']} (FC); augmentation "
+        + ("flip, shift 10 %, rotation 14 deg, zoom 10 %, contrast 20 %, random erasing" if cfg["augment"] else "off")
+    )
+
+
+def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, default: str | None = None,
+         log=print) -> dict:
+    from fer_sdk.classifier import Classifier
+    from fer_sdk.evaluate import evaluate
+
+    from .pipeline import export_model
+
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    (models_dir / "cards").mkdir(parents=True, exist_ok=True)
+    for arch, run in runs.items():
+        run_metrics = json.loads((Path(run) / "metrics.json").read_text())
+        paths = export_model(run, models_dir / f"{arch}.onnx", data=data, int8=True, log=log)
+        for path in paths:
+            name = path.stem
+            clf = Classifier(path)
+            report = evaluate(data, split="PublicTest", classifier=clf)
+            tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True))
+            meta = clf.metadata
+            card = {
+                "name": name,
+                "file": path.name,
+                "architecture": arch,
+                "precision": meta.get("precision", "fp32"),
+                "parameters": int(run_metrics["parameters"]),
+                "size_bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "evaluation": {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
+                "evaluation_flip_tta": {k: tta[k] for k in ("accuracy", "macro_f1")},
+                "quantization": meta.get("quantization"),
+                "training": {
+                    "recipe": recipe_text(run_metrics["config"]),
+                    "config": run_metrics["config"],
+                    "epochs": run_metrics["epochs"],
+                    "best_epoch": run_metrics["best_epoch"],
+                    "wall_time_s": run_metrics["wall_time_s"],
+                    "hardware": run_metrics["hardware"].get("device", "unknown"),
+                    "backend": run_metrics["hardware"].get("backend"),
+                    "command": reproduce_command(run_metrics),
+                    "keras_publictest_accuracy": run_metrics["splits"]["PublicTest"]["accuracy"],
+                },
+                "evaluate_command": f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
+                "confusion_png": f"cards/{name}.png",
+                "known_limits": KNOWN_LIMITS,
+            }
+            confusion_png(report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %",
+                          models_dir / "cards" / f"{name}.png")
+            atomic_write_json(models_dir / "cards" / f"{name}.json", card)
+            atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card))
+            manifest["models"][name] = {
+                "file": path.name,
+                "sha256": card["sha256"],
+                "architecture": arch,
+                "precision": card["precision"],
+                "parameters": card["parameters"],
+                "size_bytes": card["size_bytes"],
+                "metrics": {"PublicTest": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                                           "accuracy_flip_tta": tta["accuracy"]}},
+                "card": f"cards/{name}.json",
+            }
+            log(f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} % (flip TTA {100 * tta['accuracy']:.2f} %)")
+    manifest["default"] = default or manifest.get("default") or next(iter(manifest["models"]))
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Bundle trained runs into fer_sdk/models.")
+    ap.add_argument("--data", required=True, type=Path, help="FER2013 CSV (.csv.gz) with Training and PublicTest")
+    ap.add_argument("--run", action="append", required=True, help="ARCH=RUN_DIR, e.g. deep=runs/deep")
+    ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
+    args = ap.parse_args()
+    runs = dict(item.split("=", 1) for item in args.run)
+    ship({k: Path(v) for k, v in runs.items()}, args.data, default=args.default)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""``Classifier``: emotion probabilities for face crops, and detect-then-classify for whole photos.
+
+Everything the runtime needs to know about a model (labels, input size, normalisation) is read from the
+ONNX file's ``fer_sdk`` metadata. One ``Classifier`` may be shared by many threads: ONNX Runtime's
+``session.run`` is thread-safe, the object holds no mutable state, and the OpenCV detectors keep one instance per thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import registry
+from .constants import EMOTIONS
+from .detect import get_detector
+from .errors import InvalidInputError, ModelError
+from .images import load_image
+from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
+from .registry import ModelSpec
+from .runtime import (
+    check_threads,
+    create_session,
+    import_onnxruntime,
+    read_metadata,
+    session_source,
+)
+
+_SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face: its box in the photo and the emotion probabilities."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h in the photo
+    emotions: dict[str, float]  # name -> probability, EMOTIONS order
+    emotion: str  # top name
+    score: float  # its probability
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"box": [x, y, w, h], "emotion": ..., "score": ..., "emotions": {...}}``."""
+        return {
+            "box": [int(v) for v in self.box],
+            "emotion": self.emotion,
+            "score": float(self.score),
+            "emotions": {k: float(v) for k, v in self.emotions.items()},
+        }
+
+
+def _positive_int(name: str, value: Any, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name}={value!r} must be a positive integer (e.g. {name}={example})")
+    return int(value)
+
+
+class Classifier:
+    """Classify 48x48 face crops (``predict_proba``/``predict``) or whole photos (``analyze``/``analyze_many``).
+
+    Args:
+        model: a bundled model name (default: the manifest's best model) or a path to an ONNX file this
+            project exported. With ``session=`` it is only used for naming.
+        providers: ``None`` (CPU), ``"auto"`` (CUDA when available) or a list of ONNX Runtime providers.
+        batch_size: faces per ``session.run`` call.
+        threads: ONNX Runtime intra-op threads (``None``: ONNX Runtime's default).
+        session: an existing ``onnxruntime.InferenceSession`` to use instead of loading ``model``.
+        detector: face detector for ``analyze``, anything ``fer_sdk.detect.get_detector`` accepts: ``None`` or
+            ``"haar"`` (OpenCV Haar cascade), a YuNet ``.onnx`` path, an object with
+            ``detect(image) -> [(x, y, w, h), ...]`` (must be thread-safe when the classifier is shared by
+            threads) or such a callable.
+        flip_tta: average each face's probabilities with those of its horizontal mirror.
+        face_margin: fraction of the box size added on each side before cropping a detected face.
+        max_pixels: refuse photos larger than this many pixels (``None``: the loader's default).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        providers: str | Sequence[Any] | None = None,
+        batch_size: int = 64,
+        threads: int | None = None,
+        session: Any = None,
+        detector: Any = None,
+        flip_tta: bool = False,
+        face_margin: float = 0.1,
+        max_pixels: int | None = None,
+    ) -> None:
+        import_onnxruntime()  # DependencyError with the pip command before anything else
+        self._batch_size = _positive_int("batch_size", batch_size, "64")
+        self._threads = check_threads(threads)
+        if not isinstance(flip_tta, (bool, np.bool_)):
+            raise InvalidInputError(f"flip_tta={flip_tta!r} must be True or False")
+        self._flip_tta = bool(flip_tta)
+        if (
+            isinstance(face_margin, bool)
+            or not isinstance(face_margin, (int, float))
+            or not 0 <= face_margin <= 2
+        ):
+            raise InvalidInputError(
+                f"face_margin={face_margin!r} must be a number in [0, 2] (e.g. face_margin=0.1)"
+            )
+        self._face_margin = float(face_margin)
+        if max_pixels is not None:
+            max_pixels = _positive_int("max_pixels", max_pixels, "40_000_000")
+        self._max_pixels = max_pixels
+
+        if session is None:
+            if model is None:
+                model = registry.default_model_name()
+            self._model_path, self._spec = registry.resolve_model(model)
+            self._name = self._spec.name if self._spec else self._model_path.name
+            self._session = create_session(self._model_path, providers, self._threads)
+            source = str(self._model_path)
+        else:
+            if providers is not None or threads is not None:
+                raise InvalidInputError(
+                    "providers= and threads= configure a session the Classifier creates; with session= set them "
+                    "on your InferenceSession instead (or drop session= to let the Classifier load the model)"
+                )
+            if not hasattr(session, "run") or not hasattr(session, "get_modelmeta"):
+                raise InvalidInputError(
+                    f"session={type(session).__name__} is not an onnxruntime.InferenceSession; pass one, e.g. "
+                    "session=onnxruntime.InferenceSession('model.onnx')"
+                )
+            self._session = session
+            self._spec = None
+            source = session_source(session) if model is None else str(model)
+            self._model_path = _session_path(session)
+            if model is not None:
+                self._name = str(model)
+            else:
+                self._name = self._model_path.name if self._model_path else "<injected session>"
+
+        self._metadata = read_metadata(self._session, source)
+        self._prep = Preprocessing.from_metadata(self._metadata)
+        labels = tuple(self._metadata["labels"])
+        if labels == EMOTIONS:
+            self._columns: np.ndarray | None = None
+        elif sorted(labels) == sorted(EMOTIONS):
+            # model column holding each EMOTIONS entry
+            self._columns = np.array([labels.index(e) for e in EMOTIONS])
+        else:
+            raise ModelError(
+                f"{source}: metadata labels {list(labels)} are not the FER2013 emotions {list(EMOTIONS)}; "
+                "export the model with this project (fer-sdk export)"
+            )
+        self._input_name = self._metadata["input"].get("name", "faces")
+        self._output_name = self._metadata["output"].get("name", "probabilities")
+
+        # Detectors from get_detector keep one OpenCV object per thread, so sharing this one is safe.
+        self._detector = get_detector(detector)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Column names of ``predict_proba``: always ``EMOTIONS``."""
+        return EMOTIONS
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the model's ``fer_sdk`` metadata."""
+        return copy.deepcopy(self._metadata)
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers the session actually runs on (``session.get_providers()``)."""
+        return list(self._session.get_providers())
+
+    @property
+    def model_path(self) -> Path | None:
+        return self._model_path
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        """The registry spec when a bundled model was loaded by name, else ``None``."""
+        return self._spec
+
+    @property
+    def session(self) -> Any:
+        return self._session
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def flip_tta(self) -> bool:
+        return self._flip_tta
+
+    @property
+    def preprocessing(self) -> Any:
+        return self._prep
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier(model={self._name!r}, precision={self._metadata.get('precision')!r}, "
+            f"providers={self.providers}, batch_size={self._batch_size}, flip_tta={self._flip_tta})"
+        )
+
+    # ------------------------------------------------------------------ face crops
+    def _to_batch(self, faces: Any) -> np.ndarray:
+        if isinstance(faces, _SOURCE_TYPES):  # one image file / encoded buffer holding one face crop
+            faces = [faces]
+        if isinstance(faces, (list, tuple)):
+            if len(faces) == 0:
+                return np.zeros((0, *self._input_shape()), np.float32)
+            faces = [
+                load_image(f, max_pixels=self._max_pixels) if isinstance(f, _SOURCE_TYPES) else f
+                for f in faces
+            ]
+        return prepare_faces(faces, self._prep)
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        spec = self._metadata["input"]
+        return int(spec["height"]), int(spec["width"]), int(spec.get("channels", 1))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        out = np.empty((len(batch), len(EMOTIONS)), np.float32)
+        for start in range(0, len(batch), self._batch_size):
+            chunk = np.ascontiguousarray(batch[start : start + self._batch_size], dtype=np.float32)
+            (probs,) = self._session.run([self._output_name], {self._input_name: chunk})
+            probs = np.asarray(probs)
+            if probs.shape != (len(chunk), len(EMOTIONS)):
+                raise ModelError(
+                    f"{self._name} returned shape {probs.shape} for {len(chunk)} faces, expected "
+                    f"({len(chunk)}, {len(EMOTIONS)}); re-export the model"
+                )
+            out[start : start + len(chunk)] = probs
+        return out
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        probs = self._run(batch)
+        if self._flip_tta:
+            probs = (probs + self._run(flip_horizontal(batch))) / 2
+        if self._columns is not None:
+            probs = probs[:, self._columns]
+        probs = probs / probs.sum(axis=1, keepdims=True)  # exact row sums (INT8 softmax drifts by ~1e-7)
+        return probs.astype(np.float32, copy=False)
+
+    def predict_proba(self, faces: Any) -> np.ndarray:
+        """(N, 7) float32 probabilities, columns in ``EMOTIONS`` order, rows in input order.
+
+        ``faces``: one face (H, W) gray or (H, W, 3) BGR of any size, a batch (N, H, W) / (N, H, W, 1) /
+        (N, H, W, 3), uint8 or float, a list of such arrays, or a list of image paths / encoded bytes.
+        """
+        return self._probabilities(self._to_batch(faces))
+
+    def predict(self, faces: Any) -> list[str]:
+        """Top emotion name per face (see ``predict_proba`` for accepted inputs)."""
+        probs = self.predict_proba(faces)
+        return [EMOTIONS[i] for i in probs.argmax(axis=1)]
+
+    # ------------------------------------------------------------------ whole photos
+    @property
+    def detector(self) -> Any:
+        """The face detector ``analyze`` uses."""
+        return self._detector
+
+    def _detect_and_crop(self, image: Any) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+        img = load_image(image, max_pixels=self._max_pixels)
+        boxes = [tuple(int(v) for v in box) for box in self._detector.detect(img)]
+        crops = [crop_face(img, box, self._face_margin) for box in boxes]
+        return boxes, crops
+
+    def _faces(self, boxes: list[tuple[int, int, int, int]], probs: np.ndarray) -> list[Face]:
+        faces = []
+        for box, row in zip(boxes, probs):
+            top = int(row.argmax())
+            faces.append(
+                Face(
+                    box=box,
+                    emotions={name: float(p) for name, p in zip(EMOTIONS, row)},
+                    emotion=EMOTIONS[top],
+                    score=float(row[top]),
+                )
+            )
+        return faces
+
+    def analyze(self, image: Any) -> list[Face]:
+        """Detect every face in a photo (path, bytes, or BGR/gray array) and classify them in one batch."""
+        boxes, crops = self._detect_and_crop(image)
+        if not crops:
+            return []
+        return self._faces(boxes, self.predict_proba(crops))
+
+    def analyze_many(self, images: Iterable[Any], *, workers: int | None = None) -> list[list[Face]]:
+        """``analyze`` for many photos: detection runs on ``workers`` threads (default: all cores), then the faces
+        of all photos are classified together in shared batches. Results are in input order."""
+        if isinstance(images, (*_SOURCE_TYPES, np.ndarray)):
+            raise InvalidInputError(
+                f"analyze_many expects a list of images, got one {type(images).__name__}; use analyze(image) or "
+                "analyze_many([image])"
+            )
+        images = list(images)
+        if workers is None:
+            workers = os.cpu_count() or 1
+        workers = _positive_int("workers", workers, "4")
+        if not images:
+            return []
+        workers = min(workers, len(images))
+        if workers == 1:
+            detected = [self._detect_and_crop(img) for img in images]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_sdk-detect") as pool:
+                detected = list(pool.map(self._detect_and_crop, images))
+        crops = [crop for _, photo_crops in detected for crop in photo_crops]
+        probs = self.predict_proba(crops) if crops else np.zeros((0, len(EMOTIONS)), np.float32)
+        results, start = [], 0
+        for boxes, _ in detected:
+            results.append(self._faces(boxes, probs[start : start + len(boxes)]))
+            start += len(boxes)
+        return results
+
+
+def _session_path(session: Any) -> Path | None:
+    path = getattr(session, "_model_path", None)
+    return Path(path) if path else None

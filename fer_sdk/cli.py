@@ -1,0 +1,335 @@
+"""The ``fer-sdk`` command line: a thin Typer layer over the library.
+
+Exit codes: 0 success; 1 other SDK error; 2 invalid input or usage; 3 invalid image; 4 model error;
+5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed).
+``--debug`` shows the traceback instead of the one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import DependencyError, FerSdkError, InvalidInputError
+
+PARTIAL_FAILURE_EXIT = 8
+
+app = typer.Typer(
+    name="fer-sdk",
+    help="Facial expression recognition on the edge: classify faces, evaluate, train, export, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _err(message: str) -> None:
+    typer.echo(f"fer-sdk: error: {message}", err=True)
+
+
+@contextlib.contextmanager
+def _errors():
+    """Turn SDK errors into one line on stderr and the error's exit code (traceback with --debug)."""
+    try:
+        yield
+    except FerSdkError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        _err(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Arch(str, Enum):
+    shallow = "shallow"
+    deep = "deep"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Bundled model name (see `fer-sdk models`) or a path to an exported .onnx."),
+]
+ProvidersOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--providers",
+        help="'auto' (CUDA when available), or comma-separated ONNX Runtime providers. Default: CPU.",
+    ),
+]
+
+
+def _providers(value: str | None):
+    if value is None or value == "auto":
+        return value
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _default_model() -> str:
+    from .registry import default_model_name
+
+    return default_model_name()
+
+
+# --------------------------------------------------------------------------------------------- predict
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or video files.")],
+    model: ModelOpt = "",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (one object per input).")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV rows (one per face).")] = False,
+    annotate: Annotated[
+        Optional[Path], typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
+    ] = None,
+    providers: ProvidersOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Faces per inference call.")] = 64,
+    detector: Annotated[
+        Optional[str], typer.Option(help="'haar' (default) or a path to an OpenCV YuNet .onnx face detector.")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each face with its mirror image.")] = False,
+    every: Annotated[int, typer.Option(min=1, help="Videos: classify every N-th frame.")] = 1,
+    fps: Annotated[Optional[float], typer.Option(help="Videos: sample this many frames per second.")] = None,
+    ray: Annotated[
+        Optional[str], typer.Option("--ray", help="Run on a Ray cluster: its address, or 'local'.")
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Detect faces in photos (or videos) and classify their expressions."""
+    if json_out and csv_out:
+        _err("choose one of --json and --csv")
+        raise typer.Exit(2)
+    fmt = OutputFormat.json if json_out else OutputFormat.csv if csv_out else OutputFormat.table
+    with _errors():
+        from .predict import run_predict
+
+        failed = run_predict(
+            paths,
+            model=model or _default_model(),
+            fmt=fmt.value,
+            annotate=annotate,
+            providers=_providers(providers),
+            batch_size=batch_size,
+            detector=detector,
+            flip_tta=tta,
+            every=every,
+            fps=fps,
+            ray=ray,
+            output=output,
+        )
+    if failed:
+        _err(f"{failed} input(s) could not be processed (see above); the others were")
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)
+
+
+# ---------------------------------------------------------------------------------------------- models
+@app.command()
+def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the bundled models with size, sha256, parameters and accuracy."""
+    with _errors():
+        from .registry import default_model_name, list_models
+
+        specs = list_models()
+        default = default_model_name() if specs else None
+        rows = [
+            {
+                "name": s.name,
+                "default": s.name == default,
+                "architecture": s.architecture,
+                "precision": s.precision,
+                "parameters": s.parameters,
+                "size_bytes": s.size_bytes,
+                "sha256": s.sha256,
+                "publictest_accuracy": (s.metrics.get("PublicTest") or {}).get("accuracy"),
+                "publictest_macro_f1": (s.metrics.get("PublicTest") or {}).get("macro_f1"),
+                "card": str(s.path.parent / s.card) if s.card else None,
+            }
+            for s in specs
+        ]
+        if json_out:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo("no bundled models are installed")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="fer-sdk bundled models (accuracy: FER2013 PublicTest)")
+        for col in ("name", "arch", "precision", "params", "size", "accuracy", "macro-F1", "sha256"):
+            table.add_column(col)
+        for r in rows:
+            acc, f1 = r["publictest_accuracy"], r["publictest_macro_f1"]
+            table.add_row(
+                r["name"] + (" (default)" if r["default"] else ""),
+                r["architecture"],
+                r["precision"],
+                f"{r['parameters']:,}",
+                f"{r['size_bytes'] / 1e6:.1f} MB",
+                "-" if acc is None else f"{100 * acc:.2f} %",
+                "-" if f1 is None else f"{f1:.3f}",
+                r["sha256"][:16] + "…",
+            )
+        Console().print(table)
+
+
+# ------------------------------------------------------------------------------------------------ eval
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv or .csv.gz) or image-folder release.")],
+    split: Annotated[str, typer.Option(help="Training, PublicTest or PrivateTest (aliases: train, test, private).")] = "PublicTest",
+    model: ModelOpt = "",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    providers: ProvidersOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each face with its mirror image.")] = False,
+) -> None:
+    """Accuracy, macro-F1, per-class report and confusion matrix of a model on a FER2013 split."""
+    with _errors():
+        from .evaluate import evaluate, render_report
+
+        report = evaluate(
+            data, split=split, model=model or _default_model(), providers=_providers(providers),
+            batch_size=batch_size, flip_tta=tta,
+        )
+        typer.echo(json.dumps(report, indent=2) if json_out else render_report(report))
+
+
+# ----------------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    arch: Annotated[Arch, typer.Option(help="Which CNN to train.")],
+    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv / .csv.gz) or image-folder release.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints every epoch, metrics.json at the end.")] = Path("runs/latest"),
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Default: 60 shallow, 120 deep.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.01 sgd, 0.001 adamw).")] = None,
+    optimizer: Annotated[Optimizer, typer.Option(help="SGD with Nesterov momentum, or AdamW.")] = Optimizer.sgd,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    val_split: Annotated[
+        Optional[float],
+        typer.Option(min=0.01, max=0.5, help="Select on this fraction of Training instead of PublicTest."),
+    ] = None,
+    time_budget: Annotated[
+        Optional[float], typer.Option(help="Seconds: shorten the schedule so training ends in time.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
+) -> None:
+    """Train a CNN on FER2013 (GPU when the Keras backend sees one, CPU otherwise)."""
+    with _errors():
+        _require_train_extra()
+        from .export.train import TrainConfig, load_splits
+        from .export.train import train as run_training
+
+        cfg = TrainConfig(
+            arch=arch.value, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr,
+            augment=augment, seed=seed, time_budget_s=time_budget,
+        )
+        run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
+                     log=lambda m: typer.echo(m, err=True))
+        typer.echo(str(out / "metrics.json"))
+
+
+# ---------------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A training run folder or a .keras file.", exists=True)],
+    out: Annotated[Path, typer.Option(help="The .onnx file to write (atomically).")],
+    data: Annotated[
+        Path, typer.Option(help="FER2013 CSV / folder: faces for the parity check (and INT8 calibration).")
+    ],
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 (static QDQ) model next to --out.")] = False,
+    calibration: Annotated[
+        Optional[Path], typer.Option(help="Calibration faces (FER2013 CSV / folder); default: --data Training.")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(min=1, help="Faces used to calibrate INT8 (>= 500).")] = 1000,
+    opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
+) -> None:
+    """Convert a trained Keras model to ONNX with tf2onnx (parity-checked), optionally quantize to INT8."""
+    with _errors():
+        _require_train_extra()
+        from .export.pipeline import export_model
+
+        for path in export_model(
+            source, out, data=data, int8=int8, calibration=calibration,
+            calibration_size=calibration_size, opset=opset, log=lambda m: typer.echo(m, err=True),
+        ):
+            typer.echo(str(path))
+
+
+# ----------------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown report and plots.")] = Path("reports/bench"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run in under a minute.")] = False,
+    data: Annotated[
+        Optional[Path], typer.Option(help="FER2013 CSV / folder for the accuracy part (PublicTest).")
+    ] = None,
+    models_: Annotated[
+        Optional[str], typer.Option("--models", help="Comma-separated bundled names (default: all).")
+    ] = None,
+    keras: Annotated[
+        bool, typer.Option("--keras/--no-keras", help="Also time Keras/TensorFlow (needs the train extra).")
+    ] = True,
+) -> None:
+    """Latency, throughput and accuracy benchmarks; writes JSON, Markdown and PNG plots."""
+    with _errors():
+        from .benchmarks.run import run_benchmarks
+
+        paths = run_benchmarks(
+            out, quick=quick, data=data,
+            models=[m.strip() for m in models_.split(",")] if models_ else None,
+            with_keras=keras, log=lambda m: typer.echo(m, err=True),
+        )
+        for p in paths:
+            typer.echo(str(p))
+
+
+def _require_train_extra() -> None:
+    try:
+        import tensorflow  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(
+            f"training and export need the train extra ({exc.name} is missing): pip install \"fer-sdk[train]\""
+        ) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Evaluate a model on a FER2013 split: accuracy, macro-F1, per-class report, confusion matrix."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .metrics import classification_report
+
+
+def evaluate(
+    data: str | os.PathLike,
+    *,
+    split: str = "PublicTest",
+    model: str | os.PathLike | None = None,
+    providers=None,
+    batch_size: int = 256,
+    flip_tta: bool = False,
+    classifier=None,
+) -> dict:
+    """Classify every face of ``split`` in ``data`` (Kaggle CSV/.gz or image folders) and report metrics.
+
+    Pass ``classifier`` to reuse a loaded :class:`fer_sdk.Classifier`; otherwise one is built from
+    ``model`` / ``providers`` / ``batch_size`` / ``flip_tta``.
+    """
+    from .classifier import Classifier
+    from .data import load_split
+
+    x, y = load_split(data, split)
+    if classifier is None:
+        kwargs = {} if model is None else {"model": model}
+        classifier = Classifier(**kwargs, providers=providers, batch_size=batch_size, flip_tta=flip_tta)
+    start = time.perf_counter()
+    proba = classifier.predict_proba(x)
+    seconds = time.perf_counter() - start
+    report = classification_report(y, proba.argmax(axis=1), labels=tuple(classifier.labels))
+    report.update(
+        {
+            "model": str(classifier.model_name),
+            "data": str(data),
+            "split": split,
+            "flip_tta": bool(getattr(classifier, "flip_tta", flip_tta)),
+            "providers": list(classifier.providers),
+            "seconds": round(seconds, 3),
+            "faces_per_second": round(len(x) / seconds, 1) if seconds > 0 else None,
+        }
+    )
+    return report
+
+
+def render_report(report: dict) -> str:
+    """Human-readable text of :func:`evaluate`'s report."""
+    labels = report["labels"]
+    lines = [
+        f"model {report['model']} on {report['split']} ({report['n']} faces, {report['data']})",
+        f"accuracy {100 * report['accuracy']:.2f} %   macro-F1 {report['macro_f1']:.4f}"
+        + ("   (flip TTA)" if report.get("flip_tta") else ""),
+        "",
+        f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for name in labels:
+        c = report["per_class"][name]
+        lines.append(
+            f"{name:<10}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{c['support']:>10d}"
+        )
+    lines += ["", "confusion matrix (rows: true, columns: predicted)", " " * 10 + "".join(f"{n[:7]:>8}" for n in labels)]
+    for name, row in zip(labels, report["confusion_matrix"]):
+        lines.append(f"{name:<10}" + "".join(f"{v:>8d}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""``fer-sdk predict``: photos (and videos) in, faces with emotions out, as a table, JSON or CSV.
+
+Library-level so the CLI stays thin: :func:`collect_inputs` expands folders, :func:`predict_photos`
+yields one result per photo (bad files become error results, never an abort), :func:`write_results`
+renders them, :func:`annotate_image` draws boxes and labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .constants import EMOTIONS
+from .errors import FerSdkError, InvalidInputError
+from .io import atomic_path, atomic_write_text
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+PHOTOS_PER_CHUNK = 32
+
+
+@dataclass
+class PhotoResult:
+    source: str
+    faces: list = field(default_factory=list)
+    error: str | None = None
+    image: np.ndarray | None = None  # kept only while annotating
+
+    def to_dict(self) -> dict:
+        out = {"file": self.source, "faces": [f.to_dict() for f in self.faces]}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[PhotoResult]]:
+    """Split ``paths`` into photos and videos; folders are searched recursively, in sorted order.
+
+    Paths that do not exist come back as error results rather than stopping the run.
+    """
+    photos: list[Path] = []
+    videos: list[Path] = []
+    missing: list[PhotoResult] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            photos.extend(found)
+            videos.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))
+        elif path.is_file():
+            (videos if path.suffix.lower() in VIDEO_EXTENSIONS else photos).append(path)
+        else:
+            missing.append(PhotoResult(str(path), error=f"{path}: no such file or folder; check the path"))
+    return photos, videos, missing
+
+
+def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False, progress=None) -> Iterator[PhotoResult]:
+    """Analyze photos in chunks (faces of a chunk share inference batches); bad files become error results."""
+    from .images import load_image
+
+    for start in range(0, len(photos), PHOTOS_PER_CHUNK):
+        chunk = photos[start : start + PHOTOS_PER_CHUNK]
+        results, images = [], []
+        for path in chunk:
+            try:
+                images.append(load_image(path, max_pixels=classifier.max_pixels))
+                results.append(PhotoResult(str(path)))
+            except FerSdkError as exc:
+                results.append(PhotoResult(str(path), error=str(exc)))
+        good = [r for r in results if r.error is None]
+        for result, image, faces in zip(good, images, classifier.analyze_many(images)):
+            result.faces = faces
+            if keep_images:
+                result.image = image
+        for result in results:
+            yield result
+            if progress is not None:
+                progress()
+
+
+def annotate_image(image: np.ndarray, faces) -> np.ndarray:
+    """A BGR copy of ``image`` with a box and "emotion score" label on each face."""
+    import cv2
+
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    thickness = max(1, round(max(out.shape[:2]) / 400))
+    for face in faces:
+        x, y, w, h = face.box
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 0), thickness)
+        label = f"{face.emotion} {face.score:.2f}"
+        scale = max(0.4, thickness * 0.45)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        ty = max(y, th + base + 2)
+        cv2.rectangle(out, (x, ty - th - base - 2), (x + tw + 2, ty), (0, 200, 0), -1)
+        cv2.putText(out, label, (x + 1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return out
+
+
+def write_annotated(result: PhotoResult, folder: Path) -> Path:
+    import cv2
+
+    target = folder / Path(result.source).name
+    ext = target.suffix.lower() if target.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
+    target = target.with_suffix(ext)
+    ok, buf = cv2.imencode(ext, annotate_image(result.image, result.faces))
+    if not ok:
+        raise FerSdkError(f"could not encode the annotated copy of {result.source}")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return target
+
+
+CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS, "error"]
+
+
+def csv_rows(result: PhotoResult) -> Iterator[list]:
+    if result.error is not None:
+        yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), result.error]
+        return
+    for i, face in enumerate(result.faces):
+        yield [result.source, i, *face.box, face.emotion, f"{face.score:.6f}",
+               *(f"{face.emotions[e]:.6f}" for e in EMOTIONS), ""]
+
+
+def render(results: list[PhotoResult], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for r in results:
+            writer.writerows(csv_rows(r))
+        return buf.getvalue()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("file", "face", "box (x, y, w, h)", "emotion", "score", "runner-up"):
+        table.add_column(col)
+    for r in results:
+        if r.error is not None:
+            table.add_row(r.source, "-", "-", "[red]error[/red]", "-", r.error)
+            continue
+        if not r.faces:
+            table.add_row(r.source, "-", "-", "no face found", "-", "-")
+        for i, f in enumerate(r.faces):
+            second = sorted(f.emotions.items(), key=lambda kv: -kv[1])[1]
+            table.add_row(r.source, str(i), str(tuple(f.box)), f.emotion, f"{f.score:.2f}", f"{second[0]} {second[1]:.2f}")
+    buf = io.StringIO()
+    Console(file=buf, width=160).print(table)
+    return buf.getvalue()
+
+
+def run_predict(
+    paths,
+    *,
+    model,
+    fmt: str = "table",
+    annotate: Path | None = None,
+    providers=None,
+    batch_size: int = 64,
+    detector=None,
+    flip_tta: bool = False,
+    every: int = 1,
+    fps: float | None = None,
+    ray: str | None = None,
+    output: Path | None = None,
+) -> int:
+    """Run the CLI's predict; returns how many inputs failed (0: all processed)."""
+    from .classifier import Classifier
+
+    if ray is not None:
+        from .ray_batch import run_ray_predict
+
+        return run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt)
+    photos, videos, results = collect_inputs(paths)
+    if not photos and not videos and not results:
+        raise InvalidInputError(f"no images or videos found in {', '.join(map(str, paths))}")
+    clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, flip_tta=flip_tta)
+    if videos:
+        from .video import predict_videos
+
+        failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt=fmt, output=output, annotate=annotate)
+        if not photos:
+            return failed_videos + len(results)
+    else:
+        failed_videos = 0
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    show = len(photos) > 1
+    with Progress(
+        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True, disable=not show,
+    ) as bar:
+        task = bar.add_task("photos", total=len(photos))
+        for result in predict_photos(clf, photos, keep_images=annotate is not None,
+                                     progress=lambda: bar.advance(task)):
+            if annotate is not None and result.error is None:
+                write_annotated(result, annotate)
+                result.image = None
+            results.append(result)
+    text = render(results, fmt)
+    if output is not None:
+        atomic_write_text(output, text)
+    else:
+        print(text, end="")
+    return failed_videos + sum(r.error is not None for r in results)

@@ -1,0 +1,241 @@
+"""ONNX Runtime sessions: import on demand, provider selection, session creation, metadata checks.
+
+``onnxruntime`` is imported only inside these functions, so ``import fer_sdk`` works without it and the
+error that follows names the extra to install.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME
+from .errors import DependencyError, InvalidInputError, ModelError
+
+logger = logging.getLogger("fer_sdk")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+#: Short names accepted wherever a provider name is (``providers="cuda"``, ``--providers cpu``).
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+
+_INSTALL_HINT = 'pip install "fer-sdk[cpu]" (or "fer-sdk[gpu]" for CUDA)'
+_EXPORT_HINT = "export it with `fer-sdk export` or pass a model this project exported"
+
+
+def import_onnxruntime():
+    """Return the ``onnxruntime`` module, or raise ``DependencyError`` with the pip command to run."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise DependencyError(f"ONNX Runtime is not installed: {_INSTALL_HINT}") from err
+    return onnxruntime
+
+
+def _provider_name(item: Any) -> str:
+    if isinstance(item, str):
+        return PROVIDER_ALIASES.get(item.lower(), item)
+    if (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], dict)
+    ):
+        return PROVIDER_ALIASES.get(item[0].lower(), item[0])
+    raise InvalidInputError(
+        f"provider {item!r} must be a name or a (name, options) tuple, "
+        "e.g. providers=['CUDAExecutionProvider', 'CPUExecutionProvider'] or [('CUDAExecutionProvider', {'device_id': 0})]"
+    )
+
+
+def resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
+    """The provider list to give ONNX Runtime.
+
+    ``None`` -> CPU only. ``"auto"`` -> CUDA then CPU when ONNX Runtime lists CUDA, else CPU (TensorRT only when
+    asked for by name). A name, alias (``"cpu"``, ``"cuda"``, ``"tensorrt"``) or a list of names /
+    ``(name, options)`` tuples is checked against ``onnxruntime.get_available_providers()``.
+    """
+    if providers is None:
+        return [CPU]
+    ort = import_onnxruntime()
+    available = list(ort.get_available_providers())
+    if isinstance(providers, str) and providers.lower() == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    items = [providers] if isinstance(providers, (str, tuple)) and _is_single(providers) else providers
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
+        raise InvalidInputError(
+            f"providers={providers!r} must be None, 'auto', a provider name or a non-empty list of them "
+            "(e.g. providers=['CPUExecutionProvider'])"
+        )
+    resolved: list[Any] = []
+    for item in items:
+        name = _provider_name(item)
+        if name not in available:
+            gpu_hint = (
+                " For CUDA install the GPU build instead of the CPU one: pip uninstall onnxruntime && "
+                'pip install "fer-sdk[gpu]".'
+                if name in (CUDA, TENSORRT)
+                else ""
+            )
+            raise InvalidInputError(
+                f"execution provider {name!r} is not available in this ONNX Runtime; available: "
+                f"{', '.join(available)}.{gpu_hint}"
+            )
+        resolved.append(name if isinstance(item, str) else (name, dict(item[1])))
+    return resolved
+
+
+def _is_single(providers: Any) -> bool:
+    if isinstance(providers, str):
+        return True
+    # ("CUDAExecutionProvider", {...}) is one provider with options, not a list of two
+    return len(providers) == 2 and isinstance(providers[0], str) and isinstance(providers[1], dict)
+
+
+def check_threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidInputError(
+            f"threads={threads!r} must be a positive integer or None for ONNX Runtime's default (e.g. threads=4)"
+        )
+    return threads
+
+
+def _source_name(path_or_bytes: Any) -> str:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return f"<{len(path_or_bytes)} bytes of ONNX>"
+    return str(path_or_bytes)
+
+
+def create_session(
+    path_or_bytes: str | os.PathLike | bytes,
+    providers: str | Sequence[Any] | None = None,
+    threads: int | None = None,
+):
+    """An ``InferenceSession`` with full graph optimisation, on the resolved providers.
+
+    Unreadable, garbage or truncated files raise ``ModelError`` naming the file. Logs (logger ``fer_sdk``) the
+    provider that actually runs, and warns when a requested accelerator fell back to CPU.
+    """
+    ort = import_onnxruntime()
+    threads = check_threads(threads)
+    requested = resolve_providers(providers)
+    name = _source_name(path_or_bytes)
+    if not isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        path = Path(path_or_bytes)
+        if not path.is_file():
+            raise ModelError(f"model file {name!r} does not exist; pass the path of an exported .onnx file")
+        source: Any = str(path)
+    else:
+        source = bytes(path_or_bytes)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=requested)
+    except Exception as err:  # ORT raises its own pybind types (InvalidProtobuf, Fail, InvalidGraph, ...)
+        raise ModelError(
+            f"{name} is not a loadable ONNX model ({type(err).__name__}: {str(err).strip()[:300]}); the file is "
+            f"corrupt or truncated: re-export it (fer-sdk export) or, for a bundled model, reinstall fer-sdk"
+        ) from err
+    log_providers(session, requested, name)
+    return session
+
+
+def log_providers(session: Any, requested: Sequence[Any], name: str) -> list[str]:
+    """Log which provider runs ``session``; warn when a requested accelerator is not among them."""
+    actual = list(session.get_providers())
+    logger.info("%s runs on %s (session providers: %s)", name, actual[0] if actual else "?", actual)
+    wanted = [_provider_name(p) for p in requested]
+    missing = [p for p in wanted if p != CPU and p not in actual]
+    if missing:
+        logger.warning(
+            "%s was requested but ONNX Runtime fell back to %s for %s (missing CUDA/cuDNN libraries "
+            "or no GPU?)",
+            ", ".join(missing),
+            actual[0] if actual else "CPU",
+            name,
+        )
+    return actual
+
+
+def session_source(session: Any) -> str:
+    """Best-effort name of the file a session was loaded from (for error messages)."""
+    path = getattr(session, "_model_path", None)
+    return str(path) if path else "<injected session>"
+
+
+def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Parse and check ``metadata_props["fer_sdk"]`` of a session (see docs/CONTRACTS.md)."""
+    name = str(source) if source is not None else session_source(session)
+    props = session.get_modelmeta().custom_metadata_map
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise ModelError(f"{name} has no fer-sdk metadata; {_EXPORT_HINT}")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{name} has unreadable fer-sdk metadata ({err}); {_EXPORT_HINT}") from err
+    if not isinstance(meta, dict):
+        raise ModelError(f"{name}: fer-sdk metadata is {type(meta).__name__}, not an object; {_EXPORT_HINT}")
+    fmt = meta.get("format")
+    if not isinstance(fmt, int) or fmt > METADATA_FORMAT:
+        raise ModelError(
+            f"{name}: fer-sdk metadata format {fmt!r} is not supported by this version (reads up to "
+            f"{METADATA_FORMAT}); upgrade fer-sdk (pip install -U fer-sdk) or re-export the model"
+        )
+    labels = meta.get("labels")
+    if (
+        not isinstance(labels, list)
+        or len(labels) != len(EMOTIONS)
+        or not all(isinstance(x, str) for x in labels)
+    ):
+        raise ModelError(
+            f"{name}: metadata labels {labels!r} must list {len(EMOTIONS)} emotion names; {_EXPORT_HINT}"
+        )
+    spec_in = meta.get("input")
+    spec_out = meta.get("output")
+    if not isinstance(spec_in, dict) or not isinstance(spec_out, dict):
+        raise ModelError(f"{name}: fer-sdk metadata lacks its 'input'/'output' sections; {_EXPORT_HINT}")
+    _check_io(session, meta, name)
+    return meta
+
+
+def _check_io(session: Any, meta: dict[str, Any], name: str) -> None:
+    spec_in, spec_out = meta["input"], meta["output"]
+    in_name = spec_in.get("name", INPUT_NAME)
+    out_name = spec_out.get("name", OUTPUT_NAME)
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if in_name not in inputs:
+        raise ModelError(
+            f"{name}: metadata names input {in_name!r} but the graph has {sorted(inputs)}; {_EXPORT_HINT}"
+        )
+    if out_name not in outputs:
+        raise ModelError(
+            f"{name}: metadata names output {out_name!r} but the graph has {sorted(outputs)}; {_EXPORT_HINT}"
+        )
+    expected = [
+        int(spec_in.get("height", INPUT_SIZE[0])),
+        int(spec_in.get("width", INPUT_SIZE[1])),
+        int(spec_in.get("channels", 1)),
+    ]
+    shape = list(inputs[in_name].shape)
+    if len(shape) != 4 or [d for d in shape[1:]] != expected or inputs[in_name].type != "tensor(float)":
+        raise ModelError(
+            f"{name}: input {in_name!r} is {inputs[in_name].type} {shape}, expected tensor(float) "
+            f"[N, {expected[0]}, {expected[1]}, {expected[2]}] as the metadata says; {_EXPORT_HINT}"
+        )
+    out_shape = list(outputs[out_name].shape)
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(meta["labels"])):
+        raise ModelError(
+            f"{name}: output {out_name!r} has shape {out_shape}, expected [N, {len(meta['labels'])}]; {_EXPORT_HINT}"
+        )
