@@ -39,20 +39,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def reproduce_command(run_metrics: dict) -> str:
+def reproduce_command(run_metrics: dict, out: str) -> str:
+    """The `fer-sdk train` command that reruns this recipe (the schedule length is the epochs it ran)."""
     cfg = run_metrics["config"]
     backend = run_metrics.get("hardware", {}).get("backend", "tensorflow")
     parts = [
         f"KERAS_BACKEND={backend}" if backend != "tensorflow" else None,
-        "fer-sdk train",
-        f"--arch {cfg['arch']}",
-        "--data fer2013.csv.gz",
-        f"--epochs {run_metrics['epochs']}",
-        f"--batch-size {cfg['batch_size']}",
-        f"--optimizer {cfg['optimizer']}",
-        f"--lr {cfg['lr']}",
+        f"fer-sdk train --arch {cfg['arch']} --data fer2013.csv.gz --out {out}",
+        f"--epochs {run_metrics['epochs']} --batch-size {cfg['batch_size']} --optimizer {cfg['optimizer']}",
+        f"--lr {cfg['lr']} --weight-decay {cfg['weight_decay']} --warmup-epochs {cfg['warmup_epochs']}",
+        f"--label-smoothing {cfg['label_smoothing']} --class-weighting {cfg['class_weighting']}",
+        "--augment" if cfg["augment"] else "--no-augment",
+        f"--aug-level {cfg.get('augment_level', 'strong')}",
+        f"--dropout {cfg['dropout']} --fc-dropout {cfg['fc_dropout']}",
+        f"--init-from {cfg['init_from']}" if cfg.get("init_from") else None,
         f"--seed {cfg['seed']}",
-        f"--out runs/{cfg['arch']}",
     ]
     return " ".join(p for p in parts if p)
 
@@ -108,18 +109,66 @@ def card_markdown(card: dict) -> str:
     lines += [
         "- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
         "PublicTest accuracy was kept; PrivateTest is withheld from this project.",
-        f"- Recipe: {t['recipe']}",
-        f"- Epochs: {t['epochs']} (best epoch {t['best_epoch']}); wall time {t['wall_time_s'] / 60:.1f} min on "
-        f"{t['hardware']}.",
-        f"- Reproduce: `{t['command']}`, then `fer-sdk export runs/{card['architecture']} --out "
-        f"{card['architecture']}.onnx --data fer2013.csv.gz --int8`.",
+        f"- {len(t['stages'])} training stage(s), {t['epochs']} epochs in all, "
+        f"{t['wall_time_s'] / 60:.1f} min of training on {t['hardware']}.",
     ]
+    for i, st in enumerate(t["stages"], 1):
+        lines += [
+            f"- Stage {i}: {st['recipe']}. {st['epochs']} epochs (best {st['best_epoch']}), "
+            f"{st['wall_time_s'] / 60:.1f} min on {st['hardware']} (Keras backend {st['backend']}); "
+            f"Keras PublicTest accuracy {100 * st['keras_publictest_accuracy']:.2f} %."
+            + (f" Ran as {st['ran_as']}." if st.get("ran_as") else ""),
+            f"  Reproduce: `{st['command']}`",
+        ]
+    lines.append(
+        f"- Export: `fer-sdk export runs/{card['architecture']} --out {card['architecture']}.onnx "
+        "--data fer2013.csv.gz --int8`"
+    )
     if card.get("quantization"):
         q = card["quantization"]
         lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
     lines += ["", "## Evaluate it yourself", "", f"`{card['evaluate_command']}`", "", "## Known limits", ""]
     lines += [f"- {item}" for item in card["known_limits"]]
     return "\n".join(lines) + "\n"
+
+
+def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
+    """The run and, for fine-tuned runs, the run it started from: recipe, epochs, time, hardware, command."""
+    stages, metrics, out = [], run_metrics, f"runs/{arch}"
+    while metrics is not None:
+        cfg = metrics["config"]
+        backend = metrics["hardware"].get("backend")
+        stage = {
+            "recipe": recipe_text(cfg),
+            "config": cfg,
+            "epochs": metrics["epochs"],
+            "best_epoch": metrics["best_epoch"],
+            "wall_time_s": metrics["wall_time_s"],
+            "hardware": metrics["hardware"].get("device", "unknown"),
+            "backend": backend,
+            "command": reproduce_command(metrics, out),
+            "keras_publictest_accuracy": metrics["splits"]["PublicTest"]["accuracy"],
+        }
+        if backend == "jax":
+            stage["ran_as"] = (
+                "python -m fer_sdk.export.gpu_job (Keras 3 on JAX, whole epochs on the GPU with the same recipe, "
+                "schedule and augmentation as `fer-sdk train`)"
+            )
+        stages.insert(0, stage)
+        parent = cfg.get("init_from")
+        parent_metrics = Path(parent).parent / "metrics.json" if parent else None
+        metrics = json.loads(parent_metrics.read_text()) if parent_metrics and parent_metrics.exists() else None
+        out = f"runs/{arch}-stage{len(stages) + 1}"
+    last = stages[-1]
+    return {
+        "stages": stages,
+        "epochs": sum(st["epochs"] for st in stages),
+        "best_epoch": last["best_epoch"],
+        "wall_time_s": round(sum(st["wall_time_s"] for st in stages), 1),
+        "hardware": " + ".join(dict.fromkeys(st["hardware"] for st in stages)),
+        "recipe": last["recipe"],
+        "command": " && ".join(st["command"] for st in stages),
+    }
 
 
 def recipe_text(cfg: dict) -> str:
@@ -139,6 +188,9 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, de
 
     from .pipeline import export_model
 
+    from fer_sdk.data import load_split
+
+    public = load_split(data, "PublicTest")
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
     (models_dir / "cards").mkdir(parents=True, exist_ok=True)
@@ -148,8 +200,8 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, de
         for path in paths:
             name = path.stem
             clf = Classifier(path)
-            report = evaluate(data, split="PublicTest", classifier=clf)
-            tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True))
+            report = evaluate(data, split="PublicTest", classifier=clf, faces=public)
+            tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True), faces=public)
             meta = clf.metadata
             card = {
                 "name": name,
@@ -162,17 +214,7 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, de
                 "evaluation": {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
                 "evaluation_flip_tta": {k: tta[k] for k in ("accuracy", "macro_f1")},
                 "quantization": meta.get("quantization"),
-                "training": {
-                    "recipe": recipe_text(run_metrics["config"]),
-                    "config": run_metrics["config"],
-                    "epochs": run_metrics["epochs"],
-                    "best_epoch": run_metrics["best_epoch"],
-                    "wall_time_s": run_metrics["wall_time_s"],
-                    "hardware": run_metrics["hardware"].get("device", "unknown"),
-                    "backend": run_metrics["hardware"].get("backend"),
-                    "command": reproduce_command(run_metrics),
-                    "keras_publictest_accuracy": run_metrics["splits"]["PublicTest"]["accuracy"],
-                },
+                "training": training_stages(Path(run), run_metrics, arch),
                 "evaluate_command": f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
                 "confusion_png": f"cards/{name}.png",
                 "known_limits": KNOWN_LIMITS,

@@ -195,6 +195,11 @@ class Classifier:
         return self._flip_tta
 
     @property
+    def max_pixels(self) -> int | None:
+        """Pixel limit for photos (``None``: the image loader's default)."""
+        return self._max_pixels
+
+    @property
     def preprocessing(self) -> Any:
         return self._prep
 

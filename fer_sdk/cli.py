@@ -76,6 +76,17 @@ class Optimizer(str, Enum):
     adamw = "adamw"
 
 
+class ClassWeighting(str, Enum):
+    none = "none"
+    sqrt = "sqrt"
+    balanced = "balanced"
+
+
+class AugLevel(str, Enum):
+    strong = "strong"
+    light = "light"
+
+
 ModelOpt = Annotated[
     str,
     typer.Option("--model", "-m", help="Bundled model name (see `fer-sdk models`) or a path to an exported .onnx."),
@@ -236,7 +247,17 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.01 sgd, 0.001 adamw).")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="SGD with Nesterov momentum, or AdamW.")] = Optimizer.sgd,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay (default 5e-4 sgd, 0.05 adamw).")] = None,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear warm-up epochs before the cosine decay.")] = 3,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
+    class_weighting: Annotated[ClassWeighting, typer.Option(help="Loss weights against class imbalance.")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
+    aug_level: Annotated[AugLevel, typer.Option(help="strong: geometry + contrast + erasing; light: flip + small geometry.")] = None,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after each conv block.")] = 0.25,
+    fc_dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after the hidden FC layers.")] = 0.5,
+    init_from: Annotated[
+        Optional[Path], typer.Option(help="Start from this .keras network's weights (fine-tuning).", exists=True)
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     val_split: Annotated[
         Optional[float],
@@ -255,7 +276,10 @@ def train(
 
         cfg = TrainConfig(
             arch=arch.value, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr,
-            augment=augment, seed=seed, time_budget_s=time_budget,
+            weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+            class_weighting=(class_weighting or ClassWeighting.sqrt).value, augment=augment,
+            augment_level=(aug_level or AugLevel.strong).value, dropout=dropout, fc_dropout=fc_dropout,
+            init_from=str(init_from) if init_from else None, seed=seed, time_budget_s=time_budget,
         )
         run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
                      log=lambda m: typer.echo(m, err=True))

@@ -17,16 +17,18 @@ def evaluate(
     batch_size: int = 256,
     flip_tta: bool = False,
     classifier=None,
+    faces: tuple | None = None,
 ) -> dict:
     """Classify every face of ``split`` in ``data`` (Kaggle CSV/.gz or image folders) and report metrics.
 
     Pass ``classifier`` to reuse a loaded :class:`fer_sdk.Classifier`; otherwise one is built from
-    ``model`` / ``providers`` / ``batch_size`` / ``flip_tta``.
+    ``model`` / ``providers`` / ``batch_size`` / ``flip_tta``. Pass ``faces=(x, y)`` when the split is
+    already loaded (``data`` then only labels the report).
     """
     from .classifier import Classifier
     from .data import load_split
 
-    x, y = load_split(data, split)
+    x, y = faces if faces is not None else load_split(data, split)
     if classifier is None:
         kwargs = {} if model is None else {"model": model}
         classifier = Classifier(**kwargs, providers=providers, batch_size=batch_size, flip_tta=flip_tta)
@@ -36,7 +38,7 @@ def evaluate(
     report = classification_report(y, proba.argmax(axis=1), labels=tuple(classifier.labels))
     report.update(
         {
-            "model": str(classifier.model_name),
+            "model": classifier.spec.name if classifier.spec is not None else str(classifier.model_path),
             "data": str(data),
             "split": split,
             "flip_tta": bool(getattr(classifier, "flip_tta", flip_tta)),

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+FILE_MODE = 0o644
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds."""
@@ -28,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:  # flush to disk before the rename makes it visible
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, FILE_MODE)  # mkstemp creates 0600; outputs are ordinary readable files
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

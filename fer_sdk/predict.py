@@ -188,7 +188,8 @@ def run_predict(
     if videos:
         from .video import predict_videos
 
-        failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt=fmt, output=output, annotate=annotate)
+        failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt="json" if fmt == "json" else "csv",
+                                       output=output, annotate=annotate)
         if not photos:
             return failed_videos + len(results)
     else:

@@ -1,0 +1,465 @@
+"""The ``fer-sdk`` command line through Typer's ``CliRunner``: predict, models, eval, train + export, errors.
+
+Everything runs on the tiny exported models of ``conftest.tiny_models``, the sample photos and a small
+FER2013 CSV (600 Training + 300 PublicTest rows of the real file) written into a temporary folder. Typer
+0.29's ``CliRunner`` keeps stdout and stderr apart (``result.stdout`` / ``result.stderr``), so the tests
+check that machine output (``--json``, ``--csv``) is clean and that errors go to stderr as one line.
+``bench --quick`` is covered by ``test_benchmarks.test_cli_bench_quick``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fer_sdk import registry
+from fer_sdk.cli import PARTIAL_FAILURE_EXIT, app
+from fer_sdk.constants import EMOTIONS
+from fer_sdk.predict import CSV_HEADER
+
+from conftest import FER_CSV
+
+SAMPLES = ("astronaut.jpg", "grace_hopper.jpg", "two_faces.jpg")
+N_SMALL_TRAIN, N_SMALL_TEST = 600, 300
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """stderr holds exactly one ``fer-sdk: error: ...`` line containing every needle; no traceback."""
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fer-sdk: error: "), lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def write_small_fer_csv(path: Path, n_train: int, n_test: int, source: Path = FER_CSV) -> Path:
+    """A small FER2013 CSV: the first ``n_train`` Training and ``n_test`` PublicTest rows of ``source``."""
+    wanted = {"Training": n_train, "PublicTest": n_test}
+    kept: dict[str, list[str]] = {name: [] for name in wanted}
+    with gzip.open(source, "rt", encoding="ascii") as fh:
+        header = fh.readline()
+        for line in fh:
+            usage = line.rstrip("\r\n").rsplit(",", 1)[-1]
+            if usage in kept and len(kept[usage]) < wanted[usage]:
+                kept[usage].append(line if line.endswith("\n") else line + "\n")
+                if all(len(kept[k]) == n for k, n in wanted.items()):
+                    break
+    path.write_text(header + "".join(kept["Training"] + kept["PublicTest"]), encoding="ascii")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory) -> Path:
+    if not FER_CSV.is_file():
+        pytest.skip(f"FER2013 not found at {FER_CSV} (set FER_SDK_FER2013)")
+    return write_small_fer_csv(tmp_path_factory.mktemp("fer") / "small.csv", N_SMALL_TRAIN, N_SMALL_TEST)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models) -> Path:
+    return tiny_models.fp32
+
+
+@pytest.fixture(scope="module")
+def library_faces(tiny, samples_dir) -> dict[str, list]:
+    """What the library finds in each sample photo: {file name: [Face, ...]}."""
+    from fer_sdk import Classifier
+
+    clf = Classifier(tiny)
+    return {name: clf.analyze(samples_dir / name) for name in SAMPLES}
+
+
+def mixed_folder(folder: Path, samples_dir: Path) -> Path:
+    """The sample photos plus a zero-byte .jpg, random bytes as .png, a truncated JPEG and a text file."""
+    folder.mkdir()
+    for name in SAMPLES:
+        shutil.copy(samples_dir / name, folder / name)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "noise.png").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes())
+    jpeg = (samples_dir / "astronaut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (folder / "notes.txt").write_text("not an image, ignored")
+    return folder
+
+
+BAD_FILES = ("cut.jpg", "empty.jpg", "noise.png")
+
+
+# --------------------------------------------------------------------------------------------- predict
+
+
+def test_predict_table_lists_each_photo(tiny, samples_dir):
+    result = invoke("predict", "--model", tiny, samples_dir)
+    assert result.exit_code == 0, result.output
+    for name in SAMPLES:
+        assert name in result.stdout
+    assert "Traceback" not in result.output and not stderr_lines(result)
+
+    for name in SAMPLES[:2]:
+        single = invoke("predict", "--model", tiny, samples_dir / name)
+        assert single.exit_code == 0, single.output
+        assert name in single.stdout
+        assert not any(other in single.stdout for other in SAMPLES if other != name)
+
+
+def test_predict_json_has_every_detected_face(tiny, samples_dir, library_faces):
+    result = invoke("predict", "--model", tiny, "--json", samples_dir)
+    assert result.exit_code == 0, result.output
+    photos = json.loads(result.stdout)  # stdout is pure JSON: the progress bar went to stderr
+    assert [Path(p["file"]).name for p in photos] == list(SAMPLES)
+    assert sum(len(p["faces"]) for p in photos) >= 4  # two_faces.jpg holds two
+    for photo in photos:
+        expected = library_faces[Path(photo["file"]).name]
+        assert "error" not in photo
+        assert len(photo["faces"]) == len(expected) >= 1
+        for face, ref in zip(photo["faces"], expected):
+            assert set(face) == {"box", "emotion", "score", "emotions"}
+            assert face["box"] == list(ref.box) and all(isinstance(v, int) for v in face["box"])
+            assert list(face["emotions"]) == list(EMOTIONS)
+            assert face["emotion"] == max(face["emotions"], key=face["emotions"].get) == ref.emotion
+            assert face["score"] == face["emotions"][face["emotion"]]
+            assert sum(face["emotions"].values()) == pytest.approx(1.0, abs=1e-5)
+            np.testing.assert_allclose(
+                [face["emotions"][e] for e in EMOTIONS], [ref.emotions[e] for e in EMOTIONS], atol=1e-5
+            )
+
+    single = invoke("predict", "--model", tiny, "--json", samples_dir / "two_faces.jpg")
+    assert single.exit_code == 0, single.output
+    (photo,) = json.loads(single.stdout)
+    assert len(photo["faces"]) == len(library_faces["two_faces.jpg"]) == 2
+
+
+def test_predict_csv_parses_with_header(tiny, samples_dir, library_faces):
+    result = invoke("predict", "--model", tiny, "--csv", samples_dir)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == CSV_HEADER
+    body = [dict(zip(CSV_HEADER, row)) for row in rows[1:]]
+    assert len(body) == sum(len(faces) for faces in library_faces.values())
+    for row in body:
+        assert len(row) == len(CSV_HEADER) and row["error"] == ""
+        probs = [float(row[e]) for e in EMOTIONS]
+        assert row["emotion"] == EMOTIONS[int(np.argmax(probs))]
+        assert float(row["score"]) == pytest.approx(max(probs), abs=1e-6)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        ref = library_faces[Path(row["file"]).name][int(row["face"])]
+        assert [int(row[k]) for k in "xywh"] == list(ref.box)
+
+
+def test_predict_annotate_writes_decodable_copies(tiny, samples_dir, tmp_path):
+    import cv2
+
+    out = tmp_path / "annotated"
+    result = invoke("predict", "--model", tiny, "--annotate", out, samples_dir)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(SAMPLES)
+    for name in SAMPLES:
+        original, annotated = cv2.imread(str(samples_dir / name)), cv2.imread(str(out / name))
+        assert annotated is not None and annotated.shape == original.shape
+        assert not np.array_equal(annotated, original)  # boxes were drawn
+
+
+def test_predict_mixed_folder_processes_good_and_reports_bad(tiny, samples_dir, tmp_path):
+    import cv2
+
+    folder = mixed_folder(tmp_path / "mixed", samples_dir)
+    out = tmp_path / "annotated"
+    result = invoke("predict", "--model", tiny, "--json", "--annotate", out, folder)
+    assert result.exit_code == PARTIAL_FAILURE_EXIT == 8, result.output
+    photos = {Path(p["file"]).name: p for p in json.loads(result.stdout)}
+    assert sorted(photos) == sorted([*SAMPLES, *BAD_FILES])  # notes.txt is not an image: skipped
+    for name in SAMPLES:
+        assert "error" not in photos[name] and photos[name]["faces"]
+    for name in BAD_FILES:
+        assert photos[name]["faces"] == [] and name in photos[name]["error"]
+        assert "Fix" in photos[name]["error"]
+    assert_one_line_error(result, f"{len(BAD_FILES)} input(s) could not be processed")
+    assert sorted(p.name for p in out.iterdir()) == sorted(SAMPLES)
+    for name in SAMPLES:
+        annotated = cv2.imread(str(out / name))
+        assert annotated is not None and annotated.shape == cv2.imread(str(folder / name)).shape
+
+    as_csv = invoke("predict", "--model", tiny, "--csv", folder)
+    assert as_csv.exit_code == PARTIAL_FAILURE_EXIT, as_csv.output
+    rows = [dict(zip(CSV_HEADER, r)) for r in list(csv.reader(io.StringIO(as_csv.stdout)))[1:]]
+    errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
+    assert sorted(errors) == sorted(BAD_FILES)
+    assert {Path(r["file"]).name for r in rows if not r["error"]} == set(SAMPLES)
+
+
+def test_predict_missing_path_is_reported(tiny, samples_dir, tmp_path):
+    missing = tmp_path / "nowhere" / "face.jpg"
+    alone = invoke("predict", "--model", tiny, "--json", missing)
+    assert alone.exit_code != 0
+    (photo,) = json.loads(alone.stdout)
+    assert photo["file"] == str(missing) and str(missing) in photo["error"]
+    assert_one_line_error(alone, "1 input(s) could not be processed")
+
+    mixed = invoke("predict", "--model", tiny, "--json", samples_dir / "astronaut.jpg", missing)
+    assert mixed.exit_code == PARTIAL_FAILURE_EXIT, mixed.output
+    photos = {Path(p["file"]).name: p for p in json.loads(mixed.stdout)}
+    assert photos["astronaut.jpg"]["faces"] and "error" not in photos["astronaut.jpg"]
+    assert str(missing) in photos["face.jpg"]["error"]
+
+
+def test_predict_empty_folder_is_a_usage_error(tiny, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke("predict", "--model", tiny, tmp_path / "empty")
+    assert result.exit_code == 2
+    assert_one_line_error(result, "no images or videos found", str(tmp_path / "empty"))
+
+
+def test_sdk_error_one_line_without_debug_traceback_with_debug(samples_dir):
+    args = ("predict", "--model", "no-such-model", samples_dir / "astronaut.jpg")
+    plain = invoke(*args)
+    assert plain.exit_code == 4  # ModelError
+    assert_one_line_error(plain, "'no-such-model'")
+    assert plain.stdout == ""
+
+    debug = invoke("--debug", *args)
+    assert debug.exit_code == 4
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "ModelError" in debug.stderr and "'no-such-model'" in debug.stderr
+    assert stderr_lines(debug)[-1].startswith("fer-sdk: error: ")
+
+
+# ----------------------------------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (("predict", "--batch-size", "0", "x.jpg"), "--batch-size"),
+        (("predict", "--every", "0", "x.jpg"), "--every"),
+        (("eval", "--data", "x.csv", "--batch-size", "0"), "--batch-size"),
+        (("train", "--arch", "resnet", "--data", "x.csv"), "resnet"),
+        (("train", "--arch", "shallow", "--data", "x.csv", "--batch-size", "0"), "--batch-size"),
+        (("train", "--arch", "shallow", "--data", "x.csv", "--optimizer", "adam"), "adam"),
+    ],
+)
+def test_option_errors_exit_2_and_name_the_option(args, option):
+    """Typer's own validation: exit 2, a usage message on stderr naming the option or value, no traceback."""
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+def test_json_and_csv_together_is_refused(tiny, samples_dir):
+    result = invoke("predict", "--model", tiny, "--json", "--csv", samples_dir)
+    assert result.exit_code == 2
+    assert_one_line_error(result, "--json", "--csv")
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def test_models_without_bundled_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path)
+    text = invoke("models")
+    assert text.exit_code == 0, text.output
+    assert "no bundled models are installed" in text.stdout
+    as_json = invoke("models", "--json")
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []
+
+
+def test_models_lists_manifest_rows(tiny, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(tiny, folder / "tiny.onnx")
+    data = (folder / "tiny.onnx").read_bytes()
+    manifest = {
+        "default": "tiny",
+        "models": {
+            "tiny": {
+                "file": "tiny.onnx",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "architecture": "shallow",
+                "precision": "fp32",
+                "parameters": 4_741_895,
+                "size_bytes": len(data),
+                "metrics": {"PublicTest": {"accuracy": 0.5, "macro_f1": 0.25}},
+            }
+        },
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(registry, "MODELS_DIR", folder)
+
+    as_json = invoke("models", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    (row,) = json.loads(as_json.stdout)
+    assert row["name"] == "tiny" and row["default"] is True
+    assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["size_bytes"] == len(data)
+    assert row["publictest_accuracy"] == 0.5 and row["publictest_macro_f1"] == 0.25
+    assert row["architecture"] == "shallow" and row["precision"] == "fp32"
+
+    table = invoke("models")
+    assert table.exit_code == 0, table.output
+    assert "tiny" in table.stdout and "50.00 %" in table.stdout
+
+
+def test_installed_models_rows_match_their_files():
+    if not (registry.MODELS_DIR / registry.MANIFEST_NAME).is_file():
+        pytest.skip("no fer_sdk/models/manifest.json yet")
+    result = invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows and sum(r["default"] for r in rows) == 1
+    for row in rows:
+        path = registry.get_spec(row["name"]).path
+        assert row["sha256"] == registry.sha256_file(path)
+        assert row["size_bytes"] == path.stat().st_size
+        assert row["publictest_accuracy"] is None or 0 <= row["publictest_accuracy"] <= 1
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def test_eval_json_accuracy_matches_the_classifier(tiny, small_csv):
+    from fer_sdk import Classifier
+    from fer_sdk.data import load_split
+
+    result = invoke("eval", "--data", small_csv, "--split", "PublicTest", "--model", tiny, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert 0.0 <= report["accuracy"] <= 1.0 and report["n"] == N_SMALL_TEST
+
+    x, y = load_split(small_csv, "PublicTest")
+    assert len(x) == N_SMALL_TEST
+    pred = Classifier(tiny, batch_size=256).predict_proba(x).argmax(1)
+    assert report["accuracy"] == float((pred == y).mean())
+    cm = np.zeros((7, 7), int)
+    np.add.at(cm, (y, pred), 1)
+    assert report["confusion_matrix"] == cm.tolist()
+    assert report["labels"] == list(EMOTIONS) and set(report["per_class"]) == set(EMOTIONS)
+
+
+def test_eval_text_prints_confusion_matrix(tiny, small_csv):
+    result = invoke("eval", "--data", small_csv, "--split", "test", "--model", tiny)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix"))
+    matrix = lines[start + 2 : start + 2 + len(EMOTIONS)]
+    assert [line.split()[0] for line in matrix] == list(EMOTIONS)
+    assert sum(int(v) for line in matrix for v in line.split()[1:]) == N_SMALL_TEST
+
+
+def test_eval_unknown_split(tiny, small_csv):
+    result = invoke("eval", "--data", small_csv, "--split", "Validation", "--model", tiny)
+    assert result.exit_code == 2
+    assert_one_line_error(result, "'Validation'", "PublicTest")
+
+
+def test_eval_missing_data_file(tiny, tmp_path):
+    missing = tmp_path / "fer2013.csv"
+    result = invoke("eval", "--data", missing, "--model", tiny)
+    assert result.exit_code == 5  # DatasetError
+    assert_one_line_error(result, str(missing))
+
+
+# ----------------------------------------------------------------------------------- train and export
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_csv, tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    run = tmp_path_factory.mktemp("cli_train") / "run"
+    result = invoke(
+        "train", "--arch", "shallow", "--data", small_csv, "--epochs", "1", "--batch-size", "32", "--out", run
+    )
+    return run, result
+
+
+@pytest.mark.train
+def test_train_writes_metrics(trained_run):
+    run, result = trained_run
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(run / "metrics.json")
+    assert "epoch 1/1" in result.stderr  # progress lines go to stderr
+    for name in ("config.json", "state.json", "best.keras", "last.keras", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["architecture"] == "shallow" and metrics["epochs"] == 1
+    assert metrics["selection_split"] == "PublicTest"
+    assert set(metrics["splits"]) == {"Training", "PublicTest"}
+    for split, n in (("Training", N_SMALL_TRAIN), ("PublicTest", N_SMALL_TEST)):
+        report = metrics["splits"][split]
+        assert report["n"] == n
+        assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
+        assert 0 <= report["accuracy_flip_tta"] <= 1
+        assert set(report["per_class"]) == set(EMOTIONS)
+        assert all(0 <= c["recall"] <= 1 for c in report["per_class"].values())
+        cm = np.array(report["confusion_matrix"])
+        assert cm.shape == (7, 7) and cm.sum() == n
+        assert report["accuracy"] == pytest.approx(np.trace(cm) / n)
+    assert metrics["wall_time_s"] >= 0 and len(metrics["history"]) == 1
+    assert metrics["hardware"]["backend"] == "tensorflow" and metrics["hardware"]["device"]
+    assert isinstance(metrics["command"], str) and metrics["command"]
+    assert metrics["config"]["batch_size"] == 32 and metrics["config"]["epochs"] == 1
+
+
+@pytest.mark.train
+def test_export_fp32_and_int8_load_in_the_classifier(trained_run, small_csv, tmp_path):
+    from fer_sdk import Classifier
+    from fer_sdk.data import load_split
+
+    run, trained = trained_run
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "m.onnx"
+    result = invoke(
+        "export", run, "--out", out, "--data", small_csv, "--int8", "--calibration-size", "500"
+    )
+    assert result.exit_code == 0, result.output
+    int8 = tmp_path / "m-int8.onnx"
+    assert result.stdout.split() == [str(out), str(int8)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-int8.onnx", "m.onnx"]
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    x, _ = load_split(small_csv, "PublicTest")
+    probs = {}
+    for path, precision in ((out, "fp32"), (int8, "int8")):
+        clf = Classifier(path)
+        meta = clf.metadata
+        assert meta["architecture"] == "shallow" and meta["precision"] == precision
+        assert meta["metrics"]["PublicTest"]["accuracy"] == metrics["splits"]["PublicTest"]["accuracy"]
+        probs[precision] = clf.predict_proba(x)
+        assert probs[precision].shape == (N_SMALL_TEST, 7)
+    assert Classifier(int8).metadata["quantization"]["calibration_faces"] == 500
+    agreement = (probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean()
+    assert agreement >= 0.9
+
+
+@pytest.mark.train
+def test_export_refuses_too_small_calibration(trained_run, small_csv, tmp_path):
+    run, _ = trained_run
+    result = invoke("export", run, "--out", tmp_path / "m.onnx", "--data", small_csv, "--int8",
+                    "--calibration-size", "100")
+    assert result.exit_code == 2, result.output  # InvalidInputError from the quantizer
+    last = stderr_lines(result)[-1]  # after the export's progress lines
+    assert last.startswith("fer-sdk: error: ") and "100 faces" in last and "at least 500" in last
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "m-int8.onnx").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
