@@ -77,10 +77,23 @@ class TrainConfig:
             )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise FerSdkError(f"{name}={value!r} must be a positive integer (e.g. {name}=32)")
         if not self.lr > 0:
             raise FerSdkError(f"lr={self.lr!r} must be > 0 (e.g. lr=0.01)")
+        warmup = self.warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise FerSdkError(f"warmup_epochs={warmup!r} must be an integer >= 0 (e.g. warmup_epochs=3)")
+        if not self.weight_decay >= 0:
+            raise FerSdkError(f"weight_decay={self.weight_decay!r} must be >= 0 (e.g. weight_decay=5e-4)")
+        for name, example in (("label_smoothing", 0.1), ("dropout", 0.25), ("fc_dropout", 0.5)):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise FerSdkError(f"{name}={value!r} must be in [0, 1) (e.g. {name}={example})")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise FerSdkError(
+                f"time_budget_s={self.time_budget_s!r} must be > 0 seconds (e.g. time_budget_s=3600)"
+            )
 
 
 @dataclass

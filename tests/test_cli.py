@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FER_CSV
 from typer.testing import CliRunner
 
 from fer_sdk import registry
 from fer_sdk.cli import PARTIAL_FAILURE_EXIT, app
 from fer_sdk.constants import EMOTIONS
 from fer_sdk.predict import CSV_HEADER
-
-from conftest import FER_CSV
 
 SAMPLES = ("astronaut.jpg", "grace_hopper.jpg", "two_faces.jpg")
 N_SMALL_TRAIN, N_SMALL_TEST = 600, 300
