@@ -84,7 +84,7 @@ def producer_versions() -> dict:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def check_faces(faces, *, name: str, minimum: int, purpose: str) -> np.ndarray:
+def check_faces(faces, *, name: str, minimum: int, purpose: str, source: str = "FER2013 PublicTest") -> np.ndarray:
     """Validate uint8 (N, 48, 48) faces with N >= ``minimum``; return them as a contiguous array."""
     if not isinstance(faces, np.ndarray):
         raise InvalidInputError(f"{name} must be a numpy uint8 array (N, 48, 48); got {type(faces).__name__}")
@@ -95,9 +95,20 @@ def check_faces(faces, *, name: str, minimum: int, purpose: str) -> np.ndarray:
     if len(faces) < minimum:
         raise InvalidInputError(
             f"{name} has {len(faces)} faces; {purpose} needs at least {minimum} "
-            f"(pass {minimum} or more real faces, e.g. FER2013 PublicTest rows)"
+            f"(pass {minimum} or more real faces, e.g. {source} rows)"
         )
     return np.ascontiguousarray(faces)
+
+
+def checked_bytes(proto, what: str) -> bytes:
+    """``onnx.checker.check_model(full_check=True)``, then the serialized model; a failure is a ModelError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{what} model fails onnx.checker: {exc}") from exc
+    return proto.SerializeToString()
 
 
 def faces_to_input(faces: np.ndarray) -> np.ndarray:
@@ -367,7 +378,7 @@ def export_onnx(
     ``metrics.json`` dict or ``{split: {...}}``. Raises ``ModelError`` (and writes nothing) when the
     converted graph fails the checker or parity.
     """
-    tf, keras, tf2onnx, onnx = _require_train_extra()
+    tf, keras, tf2onnx, _onnx = _require_train_extra()
     parity_faces = check_faces(
         parity_faces, name="parity_faces", minimum=MIN_PARITY_FACES, purpose="the parity check"
     )
@@ -398,11 +409,7 @@ def export_onnx(
         raise ModelError(f"tf2onnx could not convert {described}: {exc}") from exc
     _fix_io(proto)
     stamp(proto, meta)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"converted model fails onnx.checker: {exc}") from exc
-    data = proto.SerializeToString()
+    data = checked_bytes(proto, "converted")
 
     x = faces_to_input(parity_faces)
     expected = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 RECIPES = {
-    "shallow": dict(arch="shallow", epochs=60, optimizer="sgd"),
-    "deep-sgd": dict(arch="deep", epochs=150, optimizer="sgd"),
-    "deep-adamw": dict(arch="deep", epochs=150, optimizer="adamw"),
-    "deep-sgd-lr03": dict(arch="deep", epochs=150, optimizer="sgd", lr=0.03),
+    "shallow": {"arch": "shallow", "epochs": 60, "optimizer": "sgd"},
+    "deep-sgd": {"arch": "deep", "epochs": 150, "optimizer": "sgd"},
+    "deep-adamw": {"arch": "deep", "epochs": 150, "optimizer": "adamw"},
+    "deep-sgd-lr03": {"arch": "deep", "epochs": 150, "optimizer": "sgd", "lr": 0.03},
 }
 #: Weights returned per architecture (the machine returns at most 64 MB; a deep model is 18 MB).
 KEEP = {"shallow": 1, "deep": 2}
@@ -54,7 +54,7 @@ def worker(args) -> None:
         f"fer-sdk train --arch {recipe['arch']} --optimizer {recipe['optimizer']} --data fer2013.csv.gz "
         f"--epochs EPOCHS_DONE  # KERAS_BACKEND=jax on a GPU; EPOCHS_DONE from metrics.json"
     ))
-    log = lambda m: print(f"[{args.worker}] {m}", flush=True)  # noqa: E731
+    log = lambda m: print(f"[{args.worker}] {m}", flush=True)
     splits = Splits(x_tr, y_tr, x_va, y_va)
     if args.fit:
         train(cfg, splits, Path(args.work) / args.worker, resume=True, log=log)
@@ -122,7 +122,7 @@ def main() -> None:
     procs = {}
     for name in args.runs.split(","):
         (work / name).mkdir(parents=True, exist_ok=True)
-        log = open(work / name / "train.log", "a")
+        log = open(work / name / "train.log", "a")  # noqa: SIM115  (outlives this loop; closed after the worker exits)
         cmd = [sys.executable, "-m", "export.gpu_job", "--worker", name] + [
             a for a in sys.argv[1:] if not a.startswith("--worker")
         ]

@@ -17,7 +17,15 @@ import numpy as np
 from fer_sdk.constants import EMOTIONS
 from fer_sdk.io import atomic_path, atomic_write_json
 
-from .train import Splits, TrainConfig, build_training_model, class_weights, evaluate_run, lr_at, to_model_input
+from .train import (
+    Splits,
+    TrainConfig,
+    build_training_model,
+    class_weights,
+    evaluate_run,
+    lr_at,
+    to_model_input,
+)
 
 
 def _lr_index(optimizer) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.errors import DatasetError
+from fer_sdk.errors import DatasetError, InvalidInputError
 
 PARITY_FACES = 512
 
@@ -42,6 +42,14 @@ def export_model(
     """Export ``source`` to ``out`` (fp32); with ``int8`` also ``<out>-int8.onnx``. Returns written paths."""
     from .convert import export_onnx
 
+    if int8:
+        from .quantize import MIN_CALIBRATION_FACES
+
+        if calibration_size < MIN_CALIBRATION_FACES:
+            raise InvalidInputError(
+                f"calibration_size={calibration_size} is too small: INT8 calibration needs at least "
+                f"{MIN_CALIBRATION_FACES} Training faces (e.g. --calibration-size 1000)"
+            )
     x_eval, y_eval, eval_name = _faces(data, ("PublicTest", "PrivateTest", "Training"))
     export_onnx(source, out, parity_faces=x_eval[:PARITY_FACES], opset=opset, log=log)
     written = [Path(out)]

@@ -32,7 +32,16 @@ from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import DependencyError, InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes
 
-from .convert import SUM_ATOL, check_faces, faces_to_input, onnx_metadata, ort_predict, ort_session, stamp
+from .convert import (
+    SUM_ATOL,
+    check_faces,
+    checked_bytes,
+    faces_to_input,
+    onnx_metadata,
+    ort_predict,
+    ort_session,
+    stamp,
+)
 
 #: Fewer faces give activation ranges that miss rare expressions; 500 is the floor, 1,000+ is better.
 MIN_CALIBRATION_FACES = 500
@@ -148,7 +157,8 @@ def quantize_int8(
     """
     onnx, q = _require_ort_quantization()
     calibration_faces = check_faces(
-        calibration_faces, name="calibration_faces", minimum=MIN_CALIBRATION_FACES, purpose="INT8 calibration"
+        calibration_faces, name="calibration_faces", minimum=MIN_CALIBRATION_FACES, purpose="INT8 calibration",
+        source="FER2013 Training"
     )
     if (eval_faces is None) != (eval_labels is None):
         raise InvalidInputError("pass eval_faces and eval_labels together (or neither)")
@@ -225,11 +235,7 @@ def quantize_int8(
         "dequantize_linear_nodes": n_dq,
     }
     stamp(model, int8_meta)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"quantized model fails onnx.checker: {exc}") from exc
-    data = model.SerializeToString()
+    data = checked_bytes(model, "quantized")
 
     int8_session = ort_session(data)
     check_x = faces_to_input(eval_faces if eval_faces is not None else calibration_faces[:256])

@@ -19,15 +19,15 @@ from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 MODELS_DIR = Path(__file__).resolve().parent.parent / "fer_sdk" / "models"
 
 KNOWN_LIMITS = [
-    "FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
-    "views, occlusions, strong lighting and faces far from that distribution.",
-    "The classes are skewed: happy is 25 % of Training, disgust 1.5 % (436 faces); disgust recall is the "
-    "least reliable number on the card.",
+    ("FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
+    "views, occlusions, strong lighting and faces far from that distribution."),
+    ("The classes are skewed: happy is 25 % of Training, disgust 1.5 % (436 faces); disgust recall is the "
+    "least reliable number on the card."),
     "FER2013 labels are noisy; human accuracy on the dataset is about 65 %.",
-    "PublicTest selected the checkpoint (best epoch) and is also the split reported, so its number is "
-    "slightly optimistic; the withheld PrivateTest is measured independently.",
-    "Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
-    "about people.",
+    ("PublicTest selected the checkpoint (best epoch) and is also the split reported, so its number is "
+    "slightly optimistic; the withheld PrivateTest is measured independently."),
+    ("Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
+    "about people."),
 ]
 
 
@@ -90,14 +90,14 @@ def card_markdown(card: dict) -> str:
     lines = [
         f"# fer-sdk model card: `{card['name']}`",
         "",
-        f"{card['architecture']} CNN, {card['precision']}, {card['parameters']:,} parameters, "
-        f"{card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.",
+        (f"{card['architecture']} CNN, {card['precision']}, {card['parameters']:,} parameters, "
+        f"{card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`."),
         "",
         "## Results on FER2013 PublicTest (3,589 faces)",
         "",
         f"- accuracy **{100 * r['accuracy']:.2f} %**, macro-F1 {r['macro_f1']:.4f}",
-        f"- with flip test-time augmentation (`Classifier(flip_tta=True)`, 2x compute): "
-        f"{100 * card['evaluation_flip_tta']['accuracy']:.2f} %",
+        (f"- with flip test-time augmentation (`Classifier(flip_tta=True)`, 2x compute): "
+        f"{100 * card['evaluation_flip_tta']['accuracy']:.2f} %"),
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
@@ -107,10 +107,10 @@ def card_markdown(card: dict) -> str:
     lines += ["", f"![confusion matrix]({Path(card['confusion_png']).name})", "", "## Data and training", ""]
     t = card["training"]
     lines += [
-        "- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
-        "PublicTest accuracy was kept; PrivateTest is withheld from this project.",
-        f"- {len(t['stages'])} training stage(s), {t['epochs']} epochs in all, "
-        f"{t['wall_time_s'] / 60:.1f} min of training on {t['hardware']}.",
+        ("- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
+        "PublicTest accuracy was kept; PrivateTest is withheld from this project."),
+        (f"- {len(t['stages'])} training stage(s), {t['epochs']} epochs in all, "
+        f"{t['wall_time_s'] / 60:.1f} min of training on {t['hardware']}."),
     ]
     for i, st in enumerate(t["stages"], 1):
         lines += [
@@ -184,11 +184,10 @@ def recipe_text(cfg: dict) -> str:
 def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, default: str | None = None,
          log=print) -> dict:
     from fer_sdk.classifier import Classifier
+    from fer_sdk.data import load_split
     from fer_sdk.evaluate import evaluate
 
     from .pipeline import export_model
-
-    from fer_sdk.data import load_split
 
     public = load_split(data, "PublicTest")
     manifest_path = models_dir / "manifest.json"
@@ -241,12 +240,34 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, de
     return manifest
 
 
+def models_table(manifest: dict) -> str:
+    """The README's models table (Markdown), from the manifest the ship step wrote."""
+    rows = [
+        "| model | params | file | PublicTest accuracy | + flip TTA | macro-F1 | sha256 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in manifest["models"].items():
+        pt = m["metrics"]["PublicTest"]
+        rows.append(
+            f"| `{name}`{' (default)' if name == manifest.get('default') else ''} | {m['parameters']:,} | "
+            f"{m['size_bytes'] / 1e6:.1f} MB | **{100 * pt['accuracy']:.2f} %** | {100 * pt['accuracy_flip_tta']:.2f} % | "
+            f"{pt['macro_f1']:.3f} | `{m['sha256'][:12]}…` |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Bundle trained runs into fer_sdk/models.")
-    ap.add_argument("--data", required=True, type=Path, help="FER2013 CSV (.csv.gz) with Training and PublicTest")
-    ap.add_argument("--run", action="append", required=True, help="ARCH=RUN_DIR, e.g. deep=runs/deep")
+    ap.add_argument("--data", type=Path, help="FER2013 CSV (.csv.gz) with Training and PublicTest")
+    ap.add_argument("--run", action="append", default=[], help="ARCH=RUN_DIR, e.g. deep=runs/deep")
+    ap.add_argument("--table", action="store_true", help="print the README models table and exit")
     ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
     args = ap.parse_args()
+    if args.table:
+        print(models_table(json.loads((MODELS_DIR / "manifest.json").read_text())))
+        return
+    if not args.run or args.data is None:
+        ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR (or --table)")
     runs = dict(item.split("=", 1) for item in args.run)
     ship({k: Path(v) for k, v in runs.items()}, args.data, default=args.default)
 

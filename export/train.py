@@ -228,7 +228,7 @@ def hardware() -> dict:
 
             if torch.cuda.is_available():
                 info["accelerators"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception as exc:  # hardware description is informational; never fail a run over it
+    except Exception as exc:  # noqa: BLE001  (hardware description is informational; never fail a run over it
         info["accelerators_error"] = repr(exc)
     info["device"] = ", ".join(info["accelerators"]) or f"CPU ({info['cpu']}, {info['cpu_count']} cores)"
     return info

@@ -1,6 +1,6 @@
 """The ``fer-sdk`` command line: a thin Typer layer over the library.
 
-Exit codes: 0 success; 1 other SDK error; 2 invalid input or usage; 3 invalid image; 4 model error;
+Exit codes: 0 success; 1 other SDK or file-system error; 2 invalid input or usage; 3 invalid image; 4 model error;
 5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed).
 ``--debug`` shows the traceback instead of the one-line message.
 """
@@ -8,18 +8,15 @@ Exit codes: 0 success; 1 other SDK error; 2 invalid input or usage; 3 invalid im
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
-import sys
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .errors import DependencyError, FerSdkError, InvalidInputError
+from .errors import DependencyError, FerSdkError
 
 PARTIAL_FAILURE_EXIT = 8
 
@@ -55,6 +52,12 @@ def _errors():
             traceback.print_exc()
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # disk full, permission denied, a folder where a file should go...
+        if _state["debug"]:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        _err(f"{where}{exc.strerror or exc}; check the path, its permissions and the free disk space")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
@@ -92,7 +95,7 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Bundled model name (see `fer-sdk models`) or a path to an exported .onnx."),
 ]
 ProvidersOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--providers",
         help="'auto' (CUDA when available), or comma-separated ONNX Runtime providers. Default: CPU.",
@@ -120,21 +123,21 @@ def predict(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (one object per input).")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV rows (one per face).")] = False,
     annotate: Annotated[
-        Optional[Path], typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
+        Path | None, typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
     ] = None,
     providers: ProvidersOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per inference call.")] = 64,
     detector: Annotated[
-        Optional[str], typer.Option(help="'haar' (default) or a path to an OpenCV YuNet .onnx face detector.")
+        str | None, typer.Option(help="'haar' (default) or a path to an OpenCV YuNet .onnx face detector.")
     ] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each face with its mirror image.")] = False,
     every: Annotated[int, typer.Option(min=1, help="Videos: classify every N-th frame.")] = 1,
-    fps: Annotated[Optional[float], typer.Option(help="Videos: sample this many frames per second.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Videos: sample this many frames per second.")] = None,
     ray: Annotated[
-        Optional[str], typer.Option("--ray", help="Run on a Ray cluster: its address, or 'local'.")
+        str | None, typer.Option("--ray", help="Run on a Ray cluster: its address, or 'local'.")
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
+        Path | None, typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
     ] = None,
 ) -> None:
     """Detect faces in photos (or videos) and classify their expressions."""
@@ -243,11 +246,11 @@ def train(
     arch: Annotated[Arch, typer.Option(help="Which CNN to train.")],
     data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv / .csv.gz) or image-folder release.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints every epoch, metrics.json at the end.")] = Path("runs/latest"),
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Default: 60 shallow, 120 deep.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Default: 60 shallow, 120 deep.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.01 sgd, 0.001 adamw).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.01 sgd, 0.001 adamw).")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="SGD with Nesterov momentum, or AdamW.")] = Optimizer.sgd,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay (default 5e-4 sgd, 0.05 adamw).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Decoupled weight decay (default 5e-4 sgd, 0.05 adamw).")] = None,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear warm-up epochs before the cosine decay.")] = 3,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
     class_weighting: Annotated[ClassWeighting, typer.Option(help="Loss weights against class imbalance.")] = None,
@@ -256,15 +259,15 @@ def train(
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after each conv block.")] = 0.25,
     fc_dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after the hidden FC layers.")] = 0.5,
     init_from: Annotated[
-        Optional[Path], typer.Option(help="Start from this .keras network's weights (fine-tuning).", exists=True)
+        Path | None, typer.Option(help="Start from this .keras network's weights (fine-tuning).", exists=True)
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     val_split: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(min=0.01, max=0.5, help="Select on this fraction of Training instead of PublicTest."),
     ] = None,
     time_budget: Annotated[
-        Optional[float], typer.Option(help="Seconds: shorten the schedule so training ends in time.")
+        float | None, typer.Option(help="Seconds: shorten the schedule so training ends in time.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
 ) -> None:
@@ -296,7 +299,7 @@ def export(
     ],
     int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 (static QDQ) model next to --out.")] = False,
     calibration: Annotated[
-        Optional[Path], typer.Option(help="Calibration faces (FER2013 CSV / folder); default: --data Training.")
+        Path | None, typer.Option(help="Calibration faces (FER2013 CSV / folder); default: --data Training.")
     ] = None,
     calibration_size: Annotated[int, typer.Option(min=1, help="Faces used to calibrate INT8 (>= 500).")] = 1000,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
@@ -319,10 +322,10 @@ def bench(
     out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown report and plots.")] = Path("reports/bench"),
     quick: Annotated[bool, typer.Option("--quick", help="Smoke run in under a minute.")] = False,
     data: Annotated[
-        Optional[Path], typer.Option(help="FER2013 CSV / folder for the accuracy part (PublicTest).")
+        Path | None, typer.Option(help="FER2013 CSV / folder for the accuracy part (PublicTest).")
     ] = None,
     models_: Annotated[
-        Optional[str], typer.Option("--models", help="Comma-separated bundled names (default: all).")
+        str | None, typer.Option("--models", help="Comma-separated bundled names (default: all).")
     ] = None,
     keras: Annotated[
         bool, typer.Option("--keras/--no-keras", help="Also time Keras/TensorFlow (needs the train extra).")

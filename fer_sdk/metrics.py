@@ -21,7 +21,7 @@ def classification_report(y_true, y_pred, labels: tuple[str, ...] = EMOTIONS) ->
         y_true, y_pred, labels=idx, zero_division=0
     )
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)),
         "per_class": {

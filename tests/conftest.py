@@ -22,7 +22,17 @@ import fer_sdk
 from fer_sdk.constants import EMOTIONS, INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 
 REPO = Path(__file__).resolve().parents[1]
-FER_CSV = Path(os.environ.get("FER_SDK_FER2013", "/work/shared/data/fer2013/fer2013.csv.gz"))
+
+
+def _find_fer_csv() -> Path:
+    """FER2013 for the tests: $FER_SDK_FER2013, else the shared data folder beside the checkout."""
+    if os.environ.get("FER_SDK_FER2013"):
+        return Path(os.environ["FER_SDK_FER2013"])
+    candidates = [REPO.parent / "shared/data/fer2013/fer2013.csv.gz", Path("/work/shared/data/fer2013/fer2013.csv.gz")]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+FER_CSV = _find_fer_csv()
 SAMPLES_DIR = Path(fer_sdk.__file__).resolve().parent / "samples"
 
 N_TRAIN = 600  # faces the tiny model trains (and calibrates) on

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FER_CSV  # as conftest.py
 from fer_sdk.benchmarks.readme import main as readme_main
 from fer_sdk.benchmarks.readme import render_readme_table
 from fer_sdk.benchmarks.report import fmt
@@ -19,9 +19,6 @@ from fer_sdk.benchmarks.timing import calls_per_round, summarize
 
 from fer_sdk.errors import ModelError
 
-FER_CSV = Path(
-    os.environ.get("FER_SDK_FER2013", "/work/shared/data/fer2013/fer2013.csv.gz")
-)  # as conftest.py
 TF_INSTALLED = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "keras"))
 TOP_KEYS = {
     "schema_version",

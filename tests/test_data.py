@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import FER_CSV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from fer_sdk.constants import EMOTIONS
 from fer_sdk.data import canonical_split, load_split, read_fer2013
 from fer_sdk.errors import DatasetError, FerSdkError, InvalidInputError
 
-REAL = Path("/work/shared/data/fer2013/fer2013.csv.gz")
+REAL = FER_CSV
 HEADER = "emotion,pixels,Usage"
 RNG = np.random.default_rng(3)
 FACES = RNG.integers(0, 256, (4, 48, 48), dtype=np.uint8)

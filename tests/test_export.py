@@ -3,7 +3,7 @@
 One module-scoped run trains the real ``shallow`` architecture for one epoch on 600 FER2013 faces with
 ``export.train.train`` (so the run folder is the real one), exports it once and quantizes it once; the
 tests then check the files, the metadata, parity and the failure paths. Needs the train extra and the
-FER2013 CSV (``FER2013_CSV`` or /work/shared/data/fer2013/fer2013.csv.gz); skipped cleanly otherwise.
+FER2013 CSV (``FER_SDK_FER2013`` or the shared data folder beside the checkout); skipped cleanly otherwise.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FER_CSV
 
 pytestmark = pytest.mark.train
 
-CSV = Path(os.environ.get("FER2013_CSV", "/work/shared/data/fer2013/fer2013.csv.gz"))
+CSV = FER_CSV
 N_TRAIN, N_VAL, N_PARITY, N_CAL, N_EVAL = 600, 200, 300, 600, 400
 
 
@@ -39,7 +39,7 @@ def read_fer_rows(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def data():
     if not CSV.is_file():
-        pytest.skip(f"FER2013 CSV not found at {CSV} (set FER2013_CSV)")
+        pytest.skip(f"FER2013 CSV not found at {CSV} (set FER_SDK_FER2013)")
     x, y = read_fer_rows(CSV, N_TRAIN + N_VAL + N_PARITY + N_CAL + N_EVAL)
     parts, start = {}, 0
     for name, n in (

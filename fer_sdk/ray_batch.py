@@ -1,0 +1,332 @@
+"""Batch inference on Ray Data: many machines, one ``Classifier`` per actor, Parquet out.
+
+    >>> import ray
+    >>> from fer_sdk.ray_batch import read_images, predict_dataset
+    >>> ray.init()                                          # or ray.init("ray://head:10001")
+    >>> ds = predict_dataset(read_images(["s3://bucket/photos/"]), concurrency=8, batch_size=64)
+    >>> ds.write_parquet("s3://bucket/emotions/")
+
+:class:`FerPredictor` is the callable class for ``Dataset.map_batches``: each actor builds one
+``Classifier`` and classifies the faces of a whole batch of photos together (``analyze_many``), exactly
+as the single-process ``fer-sdk predict`` does, so the results are the same. Bad files become rows with
+an ``error`` message, never a failed job. :func:`run_ray_predict` is ``fer-sdk predict --ray``.
+
+Ray is imported only inside the functions that need it (``pip install "fer-sdk[ray]"``);
+``FerPredictor`` itself needs no Ray and can be called on a plain dict of numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DependencyError, FerSdkError, InvalidInputError
+
+_INSTALL_HINT = 'pip install "fer-sdk[ray]"'
+#: Columns ``FerPredictor`` writes; every other input column except ``bytes`` is passed through.
+RESULT_COLUMNS = ("path", "n_faces", "faces", "emotion", "error")
+_ERRORS_SHOWN = 5
+
+
+def import_ray():
+    """Return the ``ray`` module (with ``ray.data``), or raise ``DependencyError`` with the pip command."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (ray without the [data] extra lacks pyarrow/pandas)
+    except ImportError as err:
+        raise DependencyError(
+            f"batch inference on Ray needs Ray Data ({err.name or 'ray'} is missing): {_INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+class FerPredictor:
+    """Callable class for ``ray.data.Dataset.map_batches(FerPredictor, batch_format="numpy", ...)``.
+
+    Input batch: a ``bytes`` column (encoded images; ``None`` rows are read from ``path``) and/or a ``path``
+    column (local paths or ``pyarrow.fs`` URIs such as ``s3://``). Output batch: ``path``; ``n_faces``
+    (int32); ``faces``, a JSON list of ``Face.to_dict()`` (box, emotion, score, emotions), sorted like
+    ``Classifier.analyze``; ``emotion``, the top emotion of the largest face ("" when none); ``error``
+    ("" when fine). Other input columns (ids, labels) are passed through unchanged.
+
+    The keyword arguments are ``Classifier``'s; ``threads`` (default 1, matching ``num_cpus=1`` per actor)
+    also sets how many threads detect faces.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        batch_size: int = 64,
+        providers: Any = None,
+        threads: int | None = 1,
+        detector: Any = None,
+        face_margin: float = 0.1,
+        flip_tta: bool = False,
+    ) -> None:
+        from .classifier import Classifier
+
+        self.classifier = Classifier(
+            model, batch_size=batch_size, providers=providers, threads=threads, detector=detector,
+            face_margin=face_margin, flip_tta=flip_tta,
+        )
+        self._workers = threads  # None: analyze_many's default (all cores)
+
+    def _load(self, data: Any, path: str) -> np.ndarray:
+        from .images import decode_image, load_image
+
+        limit = self.classifier.max_pixels
+        if data is not None:
+            return decode_image(bytes(data), source=path or "image bytes", max_pixels=limit)
+        if not path:
+            raise InvalidInputError("row has neither image bytes nor a path")
+        if not _is_uri(path):
+            return load_image(path, max_pixels=limit)
+        from pyarrow import fs as pafs
+
+        try:
+            filesystem, inner = pafs.FileSystem.from_uri(path)
+            with filesystem.open_input_stream(inner) as fh:
+                data = fh.read()
+        except (OSError, ValueError) as exc:  # missing object, no credentials, unknown scheme
+            raise InvalidInputError(f"{path}: cannot be read ({exc}). Fix: check the URI and its access.") from None
+        return decode_image(data, source=path, max_pixels=limit)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "bytes" not in batch and "path" not in batch:
+            raise InvalidInputError(
+                f"FerPredictor needs a 'bytes' or 'path' column; the batch has {sorted(batch)}"
+            )
+        n = len(next(iter(batch.values())))
+        paths = [str(p) if p is not None else "" for p in batch.get("path", [""] * n)]
+        datas = batch.get("bytes", [None] * n)
+        errors = [""] * n
+        images, good = [], []
+        for i, (data, path) in enumerate(zip(datas, paths)):
+            try:
+                images.append(self._load(data, path))
+                good.append(i)
+            except FerSdkError as exc:
+                errors[i] = str(exc)
+        faces: list[list] = [[] for _ in range(n)]
+        for i, found in zip(good, self.classifier.analyze_many(images, workers=self._workers)):
+            faces[i] = found
+        out = {k: v for k, v in batch.items() if k != "bytes" and k not in RESULT_COLUMNS}
+        out["path"] = np.array(paths, dtype=object)
+        out["n_faces"] = np.array([len(f) for f in faces], dtype=np.int32)
+        out["faces"] = np.array([json.dumps([face.to_dict() for face in f]) for f in faces], dtype=object)
+        out["emotion"] = np.array(
+            [max(f, key=lambda face: face.box[2] * face.box[3]).emotion if f else "" for f in faces], dtype=object
+        )
+        out["error"] = np.array(errors, dtype=object)
+        return out
+
+
+def predict_dataset(
+    ds,
+    *,
+    model: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    concurrency: int | tuple[int, int] = 1,
+    num_cpus: float = 1,
+    num_gpus: float | None = None,
+    **kw: Any,
+):
+    """``ds.map_batches(FerPredictor, ...)``: ``concurrency`` actors, each holding one ``Classifier``.
+
+    ``batch_size`` is both the photos per Ray batch and the faces per inference call. ``kw`` go to
+    :class:`FerPredictor` (``providers``, ``detector``, ``face_margin``, ``flip_tta``, ``threads``; threads
+    default to ``num_cpus``). Pass ``num_gpus=1, providers="cuda"`` for GPU actors.
+    """
+    import_ray()
+    kw.setdefault("threads", max(1, int(num_cpus)))
+    remote = {} if num_gpus is None else {"num_gpus": num_gpus}
+    return ds.map_batches(
+        FerPredictor,
+        fn_constructor_kwargs={"model": model, "batch_size": batch_size, **kw},
+        batch_size=batch_size,
+        concurrency=concurrency,
+        num_cpus=num_cpus,
+        batch_format="numpy",
+        **remote,
+    )
+
+
+def _to_path_bytes(table):
+    """A Parquet block -> exactly ``path: string, bytes: binary`` (null bytes: read ``path`` later)."""
+    import pyarrow as pa
+
+    paths = table.column("path").cast(pa.string())
+    if "bytes" in table.column_names:
+        data = table.column("bytes").cast(pa.binary())
+    else:
+        data = pa.nulls(table.num_rows, pa.binary())
+    return pa.table({"path": paths, "bytes": data})
+
+
+def _split_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
+    from .predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    kinds: dict[str, list[str]] = {"folders": [], "files": [], "parquet": [], "missing": []}
+    for raw in paths:
+        text = os.fspath(raw)
+        if _is_uri(text):  # remote: Parquet by suffix, anything else is an image file or folder
+            key = "parquet" if text.lower().endswith(".parquet") else "folders"
+            kinds[key].append(text)
+            continue
+        path = Path(text).absolute()  # actors may run in another working directory
+        suffix = path.suffix.lower()
+        if path.is_dir():
+            has_parquet = next(path.rglob("*.parquet"), None) is not None
+            kinds["parquet" if has_parquet else "folders"].append(str(path))
+        elif path.is_file() and suffix in VIDEO_EXTENSIONS:
+            raise InvalidInputError(f"{raw}: --ray classifies photos only; run videos without --ray")
+        elif path.is_file():
+            kinds["parquet" if suffix == ".parquet" else "files"].append(str(path))
+        else:
+            kinds["missing"].append(str(path))
+    kinds["extensions"] = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    return kinds
+
+
+def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
+    """A ``ray.data.Dataset`` with ``path`` (string) and ``bytes`` (binary) columns from image folders,
+    image files and Parquet.
+
+    Folders are searched recursively for image extensions (case-insensitive); a folder holding ``.parquet``
+    files is read as Parquet instead. Parquet needs a ``path`` column (a string naming each row: a file path or
+    URI, or any id when ``bytes`` is present) and optionally a ``bytes`` column with the encoded image; rows
+    without bytes are read from ``path`` by the actors. Paths that do not exist become rows that
+    ``FerPredictor`` reports as errors. Paths must be visible to every Ray worker (shared storage or URIs).
+    """
+    ray = import_ray()
+    import pyarrow as pa
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    kinds = _split_inputs(paths)
+    parts = []
+    if kinds["folders"]:
+        parts.append(ray.data.read_binary_files(kinds["folders"], include_paths=True,
+                                                file_extensions=kinds["extensions"]))
+    if kinds["files"]:  # named explicitly: taken whatever the extension, as without Ray
+        parts.append(ray.data.read_binary_files(kinds["files"], include_paths=True))
+    parts = [p.select_columns(["path", "bytes"]) for p in parts]
+    if kinds["parquet"]:
+        ds = ray.data.read_parquet(kinds["parquet"])
+        columns = ds.columns()
+        if "path" not in columns:
+            raise InvalidInputError(
+                f"{', '.join(kinds['parquet'])}: Parquet input needs a 'path' string column (an image path, or "
+                f"any id when a 'bytes' column holds the image); found columns {columns}. To keep other columns, "
+                "call fer_sdk.ray_batch.predict_dataset on your own ray.data.read_parquet(...) dataset"
+            )
+        parts.append(ds.map_batches(_to_path_bytes, batch_format="pyarrow"))
+    if kinds["missing"]:
+        parts.append(ray.data.from_arrow(pa.table({
+            "path": pa.array(kinds["missing"], pa.string()),
+            "bytes": pa.nulls(len(kinds["missing"]), pa.binary()),
+        })))
+    if not parts:
+        raise InvalidInputError(f"no images or Parquet found in {', '.join(map(str, paths))}")
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _prepare_output(output: str | os.PathLike | None) -> Path:
+    if output is None:
+        raise InvalidInputError("--ray writes Parquet files into a folder: pass --output DIR")
+    out = Path(output)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise InvalidInputError(
+            f"--output {output}: already exists and is not an empty folder; pass a new folder (results are "
+            "written to a temporary sibling folder and renamed into place)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.absolute()
+
+
+def _summarize(folder: str) -> tuple[int, int, list[str]]:
+    """(rows, faces, error messages) read back from the Parquet just written (two small columns)."""
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(folder, format="parquet").to_table(columns=["n_faces", "error"])
+    errors = [e for e in table.column("error").to_pylist() if e]
+    faces = int(sum(v or 0 for v in table.column("n_faces").to_pylist()))
+    return table.num_rows, faces, errors
+
+
+def run_ray_predict(
+    paths,
+    *,
+    address: str,
+    model: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    output: str | os.PathLike | None = None,
+    fmt: str = "table",
+    concurrency: int | None = None,
+    num_cpus: int | None = None,
+    **predictor_kw: Any,
+) -> int:
+    """``fer-sdk predict --ray ADDRESS|local``: read, classify on Ray, write Parquet to ``output``.
+
+    ``address``: ``"local"`` starts a Ray instance on this machine (``num_cpus`` CPUs, default all) and stops
+    it afterwards; anything else (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``) joins that cluster. An
+    already initialised Ray is used as is. ``concurrency``: actors (default: one per cluster CPU).
+    ``output`` is a new or empty local folder (written to a temporary sibling, then renamed into place; on a
+    multi-node cluster it must be shared storage mounted at the same path everywhere) or a URI such as
+    ``s3://bucket/prefix`` (written in place). ``predictor_kw`` go to :class:`FerPredictor`.
+    Returns the number of rows with an error; prints a one-line summary (and the first errors) to stderr.
+    """
+    ray = import_ray()
+    if fmt != "table":
+        raise InvalidInputError(f"--ray writes Parquet into --output DIR; drop --{fmt}")
+    remote_out = output is not None and _is_uri(os.fspath(output))
+    out = Path() if remote_out else _prepare_output(output)
+    started = not ray.is_initialized()
+    if started:
+        local = address == "local"  # "local" always starts a fresh instance (never RAY_ADDRESS)
+        ray.init(address=address, num_cpus=num_cpus if local else None, ignore_reinit_error=True,
+                 include_dashboard=False, log_to_driver=False)
+    tmp: Path | None = None
+    try:
+        t0 = time.perf_counter()
+        if concurrency is None:
+            concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ds = predict_dataset(read_images(paths), model=model, batch_size=batch_size,
+                             concurrency=concurrency, **predictor_kw)
+        if remote_out:
+            target = os.fspath(output)
+            ds.write_parquet(target)
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+            ds.write_parquet(str(tmp))
+            target = str(tmp)
+        rows, faces, errors = _summarize(target)
+        if not remote_out:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the results are an ordinary readable folder
+            os.replace(tmp, out)  # atomic at folder level: an empty `out` is replaced, never a full one
+            tmp, target = None, str(out)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if started:
+            ray.shutdown()
+    for message in errors[:_ERRORS_SHOWN]:
+        print(f"fer-sdk: {message}", file=sys.stderr)
+    more = f" (first {_ERRORS_SHOWN} shown)" if len(errors) > _ERRORS_SHOWN else ""
+    print(f"fer-sdk: ray: {rows} images, {faces} faces, {len(errors)} errors{more} -> {target} "
+          f"({time.perf_counter() - t0:.1f} s, {concurrency} actors)", file=sys.stderr)
+    return len(errors)

@@ -1,0 +1,92 @@
+"""Video input: frames sampled, faces of many frames batched, rows streamed, annotated copy written."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from fer_sdk import Classifier
+from fer_sdk.cli import app
+from fer_sdk.errors import InvalidInputError
+from fer_sdk.video import ROW_FIELDS, frame_step, iter_video_faces, make_test_video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, samples_dir):
+    images = [cv2.imread(str(samples_dir / f"{n}.jpg")) for n in ("astronaut", "grace_hopper", "two_faces")]
+    return make_test_video(tmp_path_factory.mktemp("video") / "clip.mp4", images, frames_per_image=4, fps=10)
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_models):
+    return Classifier(tiny_models.fp32)
+
+
+def test_rows_match_per_frame_analysis(clip, clf):
+    rows = list(iter_video_faces(clf, clip, every=1))
+    cap = cv2.VideoCapture(str(clip))
+    expected = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        expected.append(clf.analyze(frame))
+    assert len(expected) == 12
+    assert len(rows) == sum(len(f) for f in expected)
+    by_frame = {}
+    for row in rows:
+        by_frame.setdefault(row["frame"], []).append(row)
+    for frame_no, faces in enumerate(expected):
+        got = by_frame.get(frame_no, [])
+        assert [(r["x"], r["y"], r["w"], r["h"]) for r in got] == [f.box for f in faces]
+        for r, f in zip(got, faces):
+            assert r["emotion"] == f.emotion
+            assert r["score"] == pytest.approx(f.score, abs=1e-6)
+            assert r["time_s"] == pytest.approx(frame_no / 10, abs=1e-3)
+
+
+def test_sampling_every_and_fps(clip, clf):
+    frames_every3 = {r["frame"] for r in iter_video_faces(clf, clip, every=3)}
+    assert frames_every3 and all(f % 3 == 0 for f in frames_every3)
+    assert frame_step(10.0, fps=2) == 5
+    frames_fps = {r["frame"] for r in iter_video_faces(clf, clip, fps=2)}
+    assert frames_fps and all(f % 5 == 0 for f in frames_fps)
+    with pytest.raises(InvalidInputError, match="every=0"):
+        frame_step(10.0, every=0)
+    with pytest.raises(InvalidInputError, match="fps=-1"):
+        frame_step(10.0, fps=-1)
+
+
+def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "rows.jsonl"
+    result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--json", "--every", "2",
+                                 "-o", str(out), "--annotate", str(tmp_path / "ann")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and set(rows[0]) == set(ROW_FIELDS)
+    assert all(r["frame"] % 2 == 0 for r in rows)
+    annotated = tmp_path / "ann" / "clip.annotated.mp4"
+    cap = cv2.VideoCapture(str(annotated))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 6
+    ok, frame = cap.read()
+    assert ok and frame.shape == (240, 320, 3)
+
+    result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--csv"])
+    assert result.exit_code == 0
+    parsed = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert parsed and list(parsed[0]) == ROW_FIELDS
+
+
+def test_unreadable_video_is_reported_not_raised(tmp_path, tiny_models):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    result = CliRunner().invoke(app, ["predict", str(bad), "--model", str(tiny_models.fp32), "--csv"])
+    assert result.exit_code == 8
+    assert "broken.mp4" in result.output
+    assert "Traceback" not in result.output
