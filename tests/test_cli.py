@@ -456,9 +456,10 @@ def test_export_refuses_too_small_calibration(trained_run, small_csv, tmp_path):
     run, _ = trained_run
     result = invoke("export", run, "--out", tmp_path / "m.onnx", "--data", small_csv, "--int8",
                     "--calibration-size", "100")
-    assert result.exit_code == 2, result.output  # InvalidInputError from the quantizer
-    last = stderr_lines(result)[-1]  # after the export's progress lines
-    assert last.startswith("fer-sdk: error: ") and "100 faces" in last and "at least 500" in last
+    assert result.exit_code == 2, result.output  # InvalidInputError, checked before any conversion
+    last = stderr_lines(result)[-1]
+    assert last.startswith("fer-sdk: error: ") and "calibration_size=100" in last and "at least 500" in last
     assert "Traceback" not in result.output
     assert not (tmp_path / "m-int8.onnx").exists()
+    assert not (tmp_path / "m.onnx").exists()  # refused up front: nothing converted
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
