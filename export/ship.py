@@ -49,8 +49,7 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         f"--epochs {run_metrics['epochs']} --batch-size {cfg['batch_size']} --optimizer {cfg['optimizer']}",
         f"--lr {cfg['lr']} --weight-decay {cfg['weight_decay']} --warmup-epochs {cfg['warmup_epochs']}",
         f"--label-smoothing {cfg['label_smoothing']} --class-weighting {cfg['class_weighting']}",
-        "--augment" if cfg["augment"] else "--no-augment",
-        f"--aug-level {cfg.get('augment_level', 'strong')}",
+        f"--augment --aug-level {cfg.get('augment_level', 'strong')}" if cfg["augment"] else "--no-augment",
         f"--dropout {cfg['dropout']} --fc-dropout {cfg['fc_dropout']}",
         f"--init-from {cfg['init_from']}" if cfg.get("init_from") else None,
         f"--seed {cfg['seed']}",
@@ -133,20 +132,31 @@ def card_markdown(card: dict) -> str:
 
 
 def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
-    """The run and, for fine-tuned runs, the run it started from: recipe, epochs, time, hardware, command."""
-    stages, metrics, out = [], run_metrics, f"runs/{arch}"
+    """The run and, for fine-tuned runs, the runs it started from: recipe, epochs, time, hardware, command.
+
+    Reproduce commands chain through run folders ``runs/<arch>-stage1`` ... ``runs/<arch>``.
+    """
+    chain, metrics = [], run_metrics
     while metrics is not None:
-        cfg = metrics["config"]
+        chain.insert(0, metrics)
+        parent = metrics["config"].get("init_from")
+        parent_metrics = Path(parent).parent / "metrics.json" if parent else None
+        metrics = json.loads(parent_metrics.read_text()) if parent_metrics and parent_metrics.exists() else None
+    outs = [f"runs/{arch}-stage{i}" for i in range(1, len(chain))] + [f"runs/{arch}"]
+    stages = []
+    for i, metrics in enumerate(chain):
+        if i > 0:
+            metrics = {**metrics, "config": {**metrics["config"], "init_from": f"{outs[i - 1]}/best.keras"}}
         backend = metrics["hardware"].get("backend")
         stage = {
-            "recipe": recipe_text(cfg),
-            "config": cfg,
+            "recipe": recipe_text(metrics["config"]),
+            "config": metrics["config"],
             "epochs": metrics["epochs"],
             "best_epoch": metrics["best_epoch"],
             "wall_time_s": metrics["wall_time_s"],
             "hardware": metrics["hardware"].get("device", "unknown"),
             "backend": backend,
-            "command": reproduce_command(metrics, out),
+            "command": reproduce_command(metrics, outs[i]),
             "keras_publictest_accuracy": metrics["splits"]["PublicTest"]["accuracy"],
         }
         if backend == "jax":
@@ -154,11 +164,7 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
                 "python -m fer_sdk.export.gpu_job (Keras 3 on JAX, whole epochs on the GPU with the same recipe, "
                 "schedule and augmentation as `fer-sdk train`)"
             )
-        stages.insert(0, stage)
-        parent = cfg.get("init_from")
-        parent_metrics = Path(parent).parent / "metrics.json" if parent else None
-        metrics = json.loads(parent_metrics.read_text()) if parent_metrics and parent_metrics.exists() else None
-        out = f"runs/{arch}-stage{len(stages) + 1}"
+        stages.append(stage)
     last = stages[-1]
     return {
         "stages": stages,

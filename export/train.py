@@ -217,7 +217,7 @@ def hardware() -> dict:
         if backend == "jax":
             import jax
 
-            info["accelerators"] = [str(d) for d in jax.devices() if d.platform != "cpu"]
+            info["accelerators"] = [f"{d.device_kind} ({d})" for d in jax.devices() if d.platform != "cpu"]
         elif backend == "tensorflow":
             import tensorflow as tf
 

@@ -29,19 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DependencyError, FerSdkError, InvalidInputError
+from .errors import DependencyError, FerSdkError, InvalidImageError, InvalidInputError
 
 _INSTALL_HINT = 'pip install "fer-sdk[ray]"'
 #: Columns ``FerPredictor`` writes; every other input column except ``bytes`` is passed through.
 RESULT_COLUMNS = ("path", "n_faces", "faces", "emotion", "error")
 _ERRORS_SHOWN = 5
+# Reading and writing files is I/O: those tasks ask for no CPU, so actors may take every CPU of the cluster
+# (with the default 1 CPU per task, `concurrency` equal to the CPU count starves the reads and hangs).
+_IO_CPUS = 0
 
 
 def import_ray():
     """Return the ``ray`` module (with ``ray.data``), or raise ``DependencyError`` with the pip command."""
     try:
         import ray
-        import ray.data  # noqa: F401  (ray without the [data] extra lacks pyarrow/pandas)
+        import ray.data  # ray without the [data] extra lacks pyarrow and pandas
     except ImportError as err:
         raise DependencyError(
             f"batch inference on Ray needs Ray Data ({err.name or 'ray'} is missing): {_INSTALL_HINT}"
@@ -80,8 +83,13 @@ class FerPredictor:
         from .classifier import Classifier
 
         self.classifier = Classifier(
-            model, batch_size=batch_size, providers=providers, threads=threads, detector=detector,
-            face_margin=face_margin, flip_tta=flip_tta,
+            model,
+            batch_size=batch_size,
+            providers=providers,
+            threads=threads,
+            detector=detector,
+            face_margin=face_margin,
+            flip_tta=flip_tta,
         )
         self._workers = threads  # None: analyze_many's default (all cores)
 
@@ -102,7 +110,9 @@ class FerPredictor:
             with filesystem.open_input_stream(inner) as fh:
                 data = fh.read()
         except (OSError, ValueError) as exc:  # missing object, no credentials, unknown scheme
-            raise InvalidInputError(f"{path}: cannot be read ({exc}). Fix: check the URI and its access.") from None
+            raise InvalidImageError(
+                f"{path}: cannot be read ({exc}). Fix: check the URI and its access."
+            ) from None
         return decode_image(data, source=path, max_pixels=limit)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +139,8 @@ class FerPredictor:
         out["n_faces"] = np.array([len(f) for f in faces], dtype=np.int32)
         out["faces"] = np.array([json.dumps([face.to_dict() for face in f]) for f in faces], dtype=object)
         out["emotion"] = np.array(
-            [max(f, key=lambda face: face.box[2] * face.box[3]).emotion if f else "" for f in faces], dtype=object
+            [max(f, key=lambda face: face.box[2] * face.box[3]).emotion if f else "" for f in faces],
+            dtype=object,
         )
         out["error"] = np.array(errors, dtype=object)
         return out
@@ -151,14 +162,18 @@ def predict_dataset(
     :class:`FerPredictor` (``providers``, ``detector``, ``face_margin``, ``flip_tta``, ``threads``; threads
     default to ``num_cpus``). Pass ``num_gpus=1, providers="cuda"`` for GPU actors.
     """
-    import_ray()
+    ray = import_ray()
+    if isinstance(concurrency, tuple):
+        pool = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    else:
+        pool = ray.data.ActorPoolStrategy(size=concurrency)
     kw.setdefault("threads", max(1, int(num_cpus)))
     remote = {} if num_gpus is None else {"num_gpus": num_gpus}
     return ds.map_batches(
         FerPredictor,
         fn_constructor_kwargs={"model": model, "batch_size": batch_size, **kw},
         batch_size=batch_size,
-        concurrency=concurrency,
+        compute=pool,
         num_cpus=num_cpus,
         batch_format="numpy",
         **remote,
@@ -177,6 +192,18 @@ def _to_path_bytes(table):
     return pa.table({"path": paths, "bytes": data})
 
 
+def _folder_kind(folder: Path, image_extensions) -> str | None:
+    """ "parquet" or "folders" (images), decided by the first such file found; None when there is neither."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix == ".parquet":
+                return "parquet"
+            if suffix in image_extensions:
+                return "folders"
+    return None
+
+
 def _split_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
     from .predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -190,8 +217,9 @@ def _split_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
         path = Path(text).absolute()  # actors may run in another working directory
         suffix = path.suffix.lower()
         if path.is_dir():
-            has_parquet = next(path.rglob("*.parquet"), None) is not None
-            kinds["parquet" if has_parquet else "folders"].append(str(path))
+            kind = _folder_kind(path, IMAGE_EXTENSIONS)
+            if kind is not None:  # a folder without images adds nothing, as without Ray
+                kinds[kind].append(str(path))
         elif path.is_file() and suffix in VIDEO_EXTENSIONS:
             raise InvalidInputError(f"{raw}: --ray classifies photos only; run videos without --ray")
         elif path.is_file():
@@ -206,8 +234,8 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
     """A ``ray.data.Dataset`` with ``path`` (string) and ``bytes`` (binary) columns from image folders,
     image files and Parquet.
 
-    Folders are searched recursively for image extensions (case-insensitive); a folder holding ``.parquet``
-    files is read as Parquet instead. Parquet needs a ``path`` column (a string naming each row: a file path or
+    Folders are searched recursively for image extensions (case-insensitive, videos are skipped); a folder
+    whose first recognised file is ``.parquet`` is read as a Parquet dataset instead (e.g. Spark's output). Parquet needs a ``path`` column (a string naming each row: a file path or
     URI, or any id when ``bytes`` is present) and optionally a ``bytes`` column with the encoded image; rows
     without bytes are read from ``path`` by the actors. Paths that do not exist become rows that
     ``FerPredictor`` reports as errors. Paths must be visible to every Ray worker (shared storage or URIs).
@@ -220,13 +248,16 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
     kinds = _split_inputs(paths)
     parts = []
     if kinds["folders"]:
-        parts.append(ray.data.read_binary_files(kinds["folders"], include_paths=True,
-                                                file_extensions=kinds["extensions"]))
+        parts.append(
+            ray.data.read_binary_files(
+                kinds["folders"], include_paths=True, num_cpus=_IO_CPUS, file_extensions=kinds["extensions"]
+            )
+        )
     if kinds["files"]:  # named explicitly: taken whatever the extension, as without Ray
-        parts.append(ray.data.read_binary_files(kinds["files"], include_paths=True))
+        parts.append(ray.data.read_binary_files(kinds["files"], include_paths=True, num_cpus=_IO_CPUS))
     parts = [p.select_columns(["path", "bytes"]) for p in parts]
     if kinds["parquet"]:
-        ds = ray.data.read_parquet(kinds["parquet"])
+        ds = ray.data.read_parquet(kinds["parquet"], num_cpus=_IO_CPUS)
         columns = ds.columns()
         if "path" not in columns:
             raise InvalidInputError(
@@ -234,12 +265,18 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
                 f"any id when a 'bytes' column holds the image); found columns {columns}. To keep other columns, "
                 "call fer_sdk.ray_batch.predict_dataset on your own ray.data.read_parquet(...) dataset"
             )
-        parts.append(ds.map_batches(_to_path_bytes, batch_format="pyarrow"))
+        parts.append(ds.map_batches(_to_path_bytes, batch_format="pyarrow", num_cpus=_IO_CPUS))
     if kinds["missing"]:
-        parts.append(ray.data.from_arrow(pa.table({
-            "path": pa.array(kinds["missing"], pa.string()),
-            "bytes": pa.nulls(len(kinds["missing"]), pa.binary()),
-        })))
+        parts.append(
+            ray.data.from_arrow(
+                pa.table(
+                    {
+                        "path": pa.array(kinds["missing"], pa.string()),
+                        "bytes": pa.nulls(len(kinds["missing"]), pa.binary()),
+                    }
+                )
+            )
+        )
     if not parts:
         raise InvalidInputError(f"no images or Parquet found in {', '.join(map(str, paths))}")
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -258,10 +295,30 @@ def _prepare_output(output: str | os.PathLike | None) -> Path:
     return out.absolute()
 
 
-def _summarize(folder: str) -> tuple[int, int, list[str]]:
+def _check_model(model, *, local: bool):
+    """Fail on the driver, before any actor starts, for an unknown bundled name (or, when every worker runs on
+    this machine, a missing file); a relative path becomes absolute since actors may run elsewhere."""
+    from . import registry
+
+    if model is None or registry._is_name(model):
+        registry.get_spec(model or registry.default_model_name())
+        return model
+    path = Path(model).expanduser().absolute()
+    if local:
+        registry.resolve_model(path, verify=False)
+    return str(path)
+
+
+def _summarize(folder: str, *, local: bool) -> tuple[int, int, list[str]]:
     """(rows, faces, error messages) read back from the Parquet just written (two small columns)."""
     import pyarrow.dataset as pads
 
+    if local and not any(Path(folder).glob("*.parquet")):
+        raise FerSdkError(
+            f"Ray wrote no Parquet files into {folder} on this machine: the workers run elsewhere and wrote to "
+            "their own disks. Fix: pass an --output on storage every node mounts at the same path, or a URI "
+            "(s3://..., gs://...)"
+        )
     table = pads.dataset(folder, format="parquet").to_table(columns=["n_faces", "error"])
     errors = [e for e in table.column("error").to_pylist() if e]
     faces = int(sum(v or 0 for v in table.column("n_faces").to_pylist()))
@@ -276,13 +333,13 @@ def run_ray_predict(
     batch_size: int = 64,
     output: str | os.PathLike | None = None,
     fmt: str = "table",
-    concurrency: int | None = None,
-    num_cpus: int | None = None,
+    concurrency: int | tuple[int, int] | None = None,
+    local_cpus: int | None = None,
     **predictor_kw: Any,
 ) -> int:
     """``fer-sdk predict --ray ADDRESS|local``: read, classify on Ray, write Parquet to ``output``.
 
-    ``address``: ``"local"`` starts a Ray instance on this machine (``num_cpus`` CPUs, default all) and stops
+    ``address``: ``"local"`` starts a Ray instance on this machine (``local_cpus`` CPUs, default all) and stops
     it afterwards; anything else (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``) joins that cluster. An
     already initialised Ray is used as is. ``concurrency``: actors (default: one per cluster CPU).
     ``output`` is a new or empty local folder (written to a temporary sibling, then renamed into place; on a
@@ -295,26 +352,43 @@ def run_ray_predict(
         raise InvalidInputError(f"--ray writes Parquet into --output DIR; drop --{fmt}")
     remote_out = output is not None and _is_uri(os.fspath(output))
     out = Path() if remote_out else _prepare_output(output)
+    model = _check_model(model, local=address == "local")
+    detector = predictor_kw.get("detector")
+    if isinstance(detector, (str, os.PathLike)) and os.fspath(detector).lower().endswith(".onnx"):
+        predictor_kw["detector"] = str(Path(detector).absolute())
     started = not ray.is_initialized()
     if started:
         local = address == "local"  # "local" always starts a fresh instance (never RAY_ADDRESS)
-        ray.init(address=address, num_cpus=num_cpus if local else None, ignore_reinit_error=True,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=address,
+            num_cpus=local_cpus if local else None,
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     tmp: Path | None = None
     try:
         t0 = time.perf_counter()
+        cpus = int(ray.cluster_resources().get("CPU", 0))
         if concurrency is None:
-            concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ds = predict_dataset(read_images(paths), model=model, batch_size=batch_size,
-                             concurrency=concurrency, **predictor_kw)
+            concurrency = max(1, cpus)
+        elif (concurrency if isinstance(concurrency, int) else concurrency[0]) > cpus:
+            print(
+                f"fer-sdk: ray: warning: {concurrency} actors need more CPUs than the cluster's {cpus}; "
+                "the job waits until an autoscaler adds nodes",
+                file=sys.stderr,
+            )
+        ds = predict_dataset(
+            read_images(paths), model=model, batch_size=batch_size, concurrency=concurrency, **predictor_kw
+        )
         if remote_out:
             target = os.fspath(output)
-            ds.write_parquet(target)
+            ds.write_parquet(target, ray_remote_args={"num_cpus": _IO_CPUS})
         else:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-            ds.write_parquet(str(tmp))
+            ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": _IO_CPUS})
             target = str(tmp)
-        rows, faces, errors = _summarize(target)
+        rows, faces, errors = _summarize(target, local=not remote_out)
         if not remote_out:
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the results are an ordinary readable folder
             os.replace(tmp, out)  # atomic at folder level: an empty `out` is replaced, never a full one
@@ -327,6 +401,9 @@ def run_ray_predict(
     for message in errors[:_ERRORS_SHOWN]:
         print(f"fer-sdk: {message}", file=sys.stderr)
     more = f" (first {_ERRORS_SHOWN} shown)" if len(errors) > _ERRORS_SHOWN else ""
-    print(f"fer-sdk: ray: {rows} images, {faces} faces, {len(errors)} errors{more} -> {target} "
-          f"({time.perf_counter() - t0:.1f} s, {concurrency} actors)", file=sys.stderr)
+    print(
+        f"fer-sdk: ray: {rows} images, {faces} faces, {len(errors)} errors{more} -> {target} "
+        f"({time.perf_counter() - t0:.1f} s, {concurrency} actors)",
+        file=sys.stderr,
+    )
     return len(errors)
