@@ -134,10 +134,17 @@ def predict(
     every: Annotated[int, typer.Option(min=1, help="Videos: classify every N-th frame.")] = 1,
     fps: Annotated[float | None, typer.Option(help="Videos: sample this many frames per second.")] = None,
     ray: Annotated[
-        str | None, typer.Option("--ray", help="Run on a Ray cluster: its address, or 'local'.")
+        str | None, typer.Option(
+            "--ray",
+            help="Run on Ray: 'local' (this machine) or a cluster address (HOST:6379, ray://HOST:10001, auto); "
+            "needs --output DIR.",
+        )
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write results to this file instead of stdout.")
+        Path | None, typer.Option(
+            "--output", "-o",
+            help="Write results to this file instead of stdout (with --ray: a new folder of Parquet files).",
+        )
     ] = None,
 ) -> None:
     """Detect faces in photos (or videos) and classify their expressions."""

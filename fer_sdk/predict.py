@@ -178,9 +178,12 @@ def run_predict(
     from .classifier import Classifier
 
     if ray is not None:
+        if annotate is not None:
+            raise InvalidInputError("--annotate does not work with --ray (results go to Parquet); drop one of them")
         from .ray_batch import run_ray_predict
 
-        return run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt)
+        return run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
+                               providers=providers, detector=detector, flip_tta=flip_tta)
     photos, videos, results = collect_inputs(paths)
     if not photos and not videos and not results:
         raise InvalidInputError(f"no images or videos found in {', '.join(map(str, paths))}")
