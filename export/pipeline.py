@@ -15,7 +15,7 @@ PARITY_FACES = 512
 def _faces(path, split_preference: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
     from fer_sdk.data import read_fer2013
 
-    splits = read_fer2013(path)
+    splits = read_fer2013(path, splits=list(split_preference))
     for name in split_preference:
         if name in splits and len(splits[name][0]):
             return (*splits[name], name)

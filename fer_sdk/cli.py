@@ -1,7 +1,8 @@
 """The ``fer-sdk`` command line: a thin Typer layer over the library.
 
 Exit codes: 0 success; 1 other SDK or file-system error; 2 invalid input or usage; 3 invalid image; 4 model error;
-5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed).
+5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed);
+130 interrupted.
 ``--debug`` shows the traceback instead of the one-line message.
 """
 
@@ -52,15 +53,17 @@ def _errors():
             traceback.print_exc()
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except OSError as exc:  # disk full, permission denied, a folder where a file should go...
-        if _state["debug"]:
-            traceback.print_exc()
-        where = f"{exc.filename}: " if exc.filename else ""
-        _err(f"{where}{exc.strerror or exc}; check the path, its permissions and the free disk space")
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001  (last resort: one line instead of a traceback; --debug shows it)
+        if _state["debug"]:
+            traceback.print_exc()
+        if isinstance(exc, OSError) and exc.filename:  # disk full, permission denied, a folder where a file goes
+            _err(f"{exc.filename}: {exc.strerror or exc}; check the path, its permissions and the free disk space")
+        else:
+            _err(f"{type(exc).__name__}: {exc} (unexpected; rerun with --debug for the traceback and report it)")
+        raise typer.Exit(1) from None
 
 
 class OutputFormat(str, Enum):
@@ -357,8 +360,11 @@ def _require_train_extra() -> None:
         import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise DependencyError(
-            f"training and export need the train extra ({exc.name} is missing): pip install \"fer-sdk[train]\""
+            f"training and export need the train extra ({exc.name} is missing): pip install \"fer-sdk[cpu,train]\""
         ) from None
+    from .runtime import import_onnxruntime
+
+    import_onnxruntime()
 
 
 def main() -> None:

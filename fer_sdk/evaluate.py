@@ -26,7 +26,7 @@ def evaluate(
     already loaded (``data`` then only labels the report).
     """
     from .classifier import Classifier
-    from .data import load_split
+    from .data import canonical_split, load_split
 
     x, y = faces if faces is not None else load_split(data, split)
     if classifier is None:
@@ -40,7 +40,7 @@ def evaluate(
         {
             "model": classifier.spec.name if classifier.spec is not None else str(classifier.model_path),
             "data": str(data),
-            "split": split,
+            "split": canonical_split(split),
             "flip_tta": bool(getattr(classifier, "flip_tta", flip_tta)),
             "providers": list(classifier.providers),
             "seconds": round(seconds, 3),

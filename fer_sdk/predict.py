@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,9 +76,19 @@ def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False,
             except FerSdkError as exc:
                 results.append(PhotoResult(str(path), error=str(exc)))
         good = [r for r in results if r.error is None]
-        for result, image, faces in zip(good, images, classifier.analyze_many(images)):
+        try:
+            analyzed = classifier.analyze_many(images)
+        except FerSdkError:  # e.g. a custom detector failing on one photo: redo the chunk photo by photo
+            analyzed = []
+            for result, image in zip(good, images):
+                try:
+                    analyzed.append(classifier.analyze(image))
+                except FerSdkError as exc:
+                    result.error = f"{result.source}: {exc}"
+                    analyzed.append([])
+        for result, image, faces in zip(good, images, analyzed):
             result.faces = faces
-            if keep_images:
+            if keep_images and result.error is None:
                 result.image = image
         for result in results:
             yield result
@@ -103,12 +114,22 @@ def annotate_image(image: np.ndarray, faces) -> np.ndarray:
     return out
 
 
-def write_annotated(result: PhotoResult, folder: Path) -> Path:
+def unique_path(target: Path, taken: set[Path]) -> Path:
+    """``target``, or ``name-2.ext``, ``name-3.ext``... when an earlier output of this run took the name."""
+    candidate, n = target, 1
+    while candidate in taken:
+        n += 1
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+    taken.add(candidate)
+    return candidate
+
+
+def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None = None) -> Path:
     import cv2
 
     target = folder / Path(result.source).name
     ext = target.suffix.lower() if target.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
-    target = target.with_suffix(ext)
+    target = unique_path(target.with_suffix(ext), taken if taken is not None else set())
     ok, buf = cv2.imencode(ext, annotate_image(result.image, result.faces))
     if not ok:
         raise FerSdkError(f"could not encode the annotated copy of {result.source}")
@@ -184,9 +205,17 @@ def run_predict(
 
         return run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
                                providers=providers, detector=detector, flip_tta=flip_tta)
+    from .video import frame_step
+
+    frame_step(25.0, every, fps)  # validates --every / --fps before any work
     photos, videos, results = collect_inputs(paths)
     if not photos and not videos and not results:
         raise InvalidInputError(f"no images or videos found in {', '.join(map(str, paths))}")
+    if photos and videos:
+        raise InvalidInputError(
+            f"got {len(photos)} photo(s) and {len(videos)} video(s) in one run; their outputs differ (one row per "
+            "photo vs one row per video frame face): run photos and videos separately"
+        )
     clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, flip_tta=flip_tta)
     if videos:
         from .video import predict_videos
@@ -194,6 +223,8 @@ def run_predict(
         failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt="json" if fmt == "json" else "csv",
                                        output=output, annotate=annotate)
         if not photos:
+            for missing in results:
+                print(f"fer-sdk: error: {missing.error}", file=sys.stderr)
             return failed_videos + len(results)
     else:
         failed_videos = 0
@@ -202,6 +233,7 @@ def run_predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     show = len(photos) > 1
+    taken: set[Path] = set()
     with Progress(
         TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True, disable=not show,
@@ -210,7 +242,7 @@ def run_predict(
         for result in predict_photos(clf, photos, keep_images=annotate is not None,
                                      progress=lambda: bar.advance(task)):
             if annotate is not None and result.error is None:
-                write_annotated(result, annotate)
+                write_annotated(result, annotate, taken)
                 result.image = None
             results.append(result)
     text = render(results, fmt)

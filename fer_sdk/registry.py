@@ -192,6 +192,8 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
         actual = sha256_file(path)
     except FileNotFoundError:
         raise ModelError(f"bundled model file {path} is missing; {_REINSTALL}") from None
+    except OSError as err:
+        raise ModelError(f"bundled model {path} cannot be read ({err}); {_REINSTALL}") from None
     if actual != expected.lower():
         raise ModelError(
             f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}; the file is corrupt or "

@@ -205,7 +205,10 @@ def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict
     spec_out = meta.get("output")
     if not isinstance(spec_in, dict) or not isinstance(spec_out, dict):
         raise ModelError(f"{name}: fer-sdk metadata lacks its 'input'/'output' sections; {_EXPORT_HINT}")
-    _check_io(session, meta, name)
+    try:
+        _check_io(session, meta, name)
+    except (TypeError, ValueError, AttributeError) as exc:  # e.g. "height": "x" or a list where a name goes
+        raise ModelError(f"{name}: malformed fer-sdk metadata ({exc}); {_EXPORT_HINT}") from None
     return meta
 
 

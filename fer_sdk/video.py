@@ -71,12 +71,12 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
             if not frames:
                 return
             for frame_no, frame, faces in zip(numbers, frames, classifier.analyze_many(frames)):
-                t = frame_no / native if native > 0 else float("nan")
+                t = round(frame_no / native, 3) if native > 0 else None  # None: the video states no frame rate
                 if on_annotated is not None:
                     on_annotated(frame, faces)
                 for i, face in enumerate(faces):
                     yield {
-                        "video": str(path), "frame": frame_no, "time_s": round(t, 3), "face": i,
+                        "video": str(path), "frame": frame_no, "time_s": t, "face": i,
                         "x": face.box[0], "y": face.box[1], "w": face.box[2], "h": face.box[3],
                         "emotion": face.emotion, "score": round(face.score, 6),
                         **{e: round(face.emotions[e], 6) for e in EMOTIONS},
@@ -128,6 +128,11 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
                         out_video = cv2.VideoWriter(str(vtmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                                     max(native / step, 1.0), size)
                         per_video.callback(out_video.release)
+                        if not out_video.isOpened():
+                            raise FerSdkError(
+                                f"OpenCV cannot write {target} ({size[0]}x{size[1]}, mp4v); this OpenCV build "
+                                "lacks an MP4 encoder or the video reports no frame size: drop --annotate"
+                            )
 
                         def on_annotated(frame, faces, _w=out_video):
                             _w.write(annotate_image(frame, faces))

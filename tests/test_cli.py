@@ -463,3 +463,27 @@ def test_export_refuses_too_small_calibration(trained_run, small_csv, tmp_path):
     assert not (tmp_path / "m-int8.onnx").exists()
     assert not (tmp_path / "m.onnx").exists()  # refused up front: nothing converted
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_annotate_keeps_same_named_photos_apart(tiny, samples_dir, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        shutil.copy(samples_dir / "astronaut.jpg", tmp_path / "in" / sub / "photo.jpg")
+    result = invoke("predict", tmp_path / "in", "--model", tiny, "--annotate", tmp_path / "ann", "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["photo-2.jpg", "photo.jpg"]
+
+
+def test_photos_and_videos_in_one_run_are_refused(tiny, samples_dir, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # refused before anything is decoded
+    result = invoke("predict", samples_dir / "astronaut.jpg", video, "--model", tiny)
+    assert result.exit_code == 2
+    assert_one_line_error(result, "photo(s) and 1 video(s)", "separately")
+
+
+@pytest.mark.parametrize("flag", [["--fps", "0"], ["--every", "0"]])
+def test_bad_frame_sampling_is_a_usage_error_up_front(tiny, samples_dir, flag):
+    result = invoke("predict", samples_dir / "astronaut.jpg", "--model", tiny, *flag)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,68 @@
+"""What a user installs and reads: the wheel's contents, the README's promises, metadata robustness."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fer_sdk.errors import ModelError
+from fer_sdk.registry import default_model_name, list_models
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_has_no_unfilled_placeholders_and_names_the_default_model():
+    text = (REPO / "README.md").read_text()
+    leftovers = re.findall(r"^[A-Z_]{6,}$|\b(?:MODELS_TABLE|BENCH_TABLE|DEFAULT_MODEL|RAY_SECTION)\b", text, re.M)
+    assert not leftovers, leftovers
+    if list_models():
+        assert f"`Classifier()` loads **{default_model_name()}**" in text
+        for spec in list_models():
+            acc = f"{100 * spec.metrics['PublicTest']['accuracy']:.2f} %"
+            assert acc in text, f"README does not quote {spec.name}'s accuracy {acc}"
+
+
+def test_quickstart_holds_exactly_two_commands_and_ci_runs_the_second():
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"^## Quickstart\n.*?```(?:bash|sh)?\n(.*?)```", text, re.S | re.M).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert "fer-sdk predict" in commands[0] and "pytest" in commands[1]
+    assert "Quickstart" in (REPO / ".ci" / "run").read_text()
+
+
+def test_wheel_ships_models_samples_and_namespaced_tooling(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("fer_sdk-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for spec in list_models():
+        assert f"fer_sdk/models/{spec.file}" in names
+        assert f"fer_sdk/models/cards/{spec.name}.json" in names
+    assert "fer_sdk/models/manifest.json" in names or not list_models()
+    assert {"fer_sdk/samples/astronaut.jpg", "fer_sdk/samples/SOURCES.md"} <= names
+    assert {"fer_sdk/export/train.py", "fer_sdk/export/convert.py", "fer_sdk/benchmarks/run.py"} <= names
+    assert not any(n.startswith(("export/", "benchmarks/", "tests/")) for n in names)
+
+
+def test_malformed_metadata_is_a_model_error(make_onnx, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from fer_sdk import Classifier
+
+    path = make_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    prop = next(p for p in model.metadata_props if p.key == "fer_sdk")
+    meta = json.loads(prop.value)
+    meta["input"]["height"] = "forty-eight"
+    prop.value = json.dumps(meta)
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="m.onnx"):
+        Classifier(path)
