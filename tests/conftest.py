@@ -231,3 +231,37 @@ def make_linear_onnx(
 def make_onnx():
     """``make_onnx(path, weights=None, labels=None, metadata=True, seed=0) -> path`` (see make_linear_onnx)."""
     return make_linear_onnx
+
+
+def manifest_entry(file: str, data: bytes, **extra) -> dict:
+    """A manifest.json entry for ``data`` stored as ``file`` (sha256 and size computed); ``extra`` overrides."""
+    entry = {
+        "file": file,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "architecture": "shallow",
+        "precision": "fp32",
+        "parameters": 1234,
+        "size_bytes": len(data),
+        "metrics": {"PublicTest": {"accuracy": 0.5, "macro_f1": 0.4}},
+        "card": "cards/tiny.json",
+    }
+    entry.update(extra)
+    return entry
+
+
+def write_manifest(folder: Path, models: dict, default: str | None = None) -> None:
+    from fer_sdk import registry
+
+    manifest = {"default": default or next(iter(models)), "models": models}
+    (folder / registry.MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch) -> Path:
+    """An empty bundled-models folder that the registry reads instead of fer_sdk/models."""
+    from fer_sdk import registry
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setattr(registry, "MODELS_DIR", folder)
+    return folder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import threading
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 import onnxruntime
 import pytest
+from conftest import manifest_entry, write_manifest
 
 from fer_sdk import EMOTIONS, Classifier, Face, registry
 from fer_sdk.errors import InvalidInputError, ModelError
@@ -300,28 +300,11 @@ def test_properties_and_repr(tiny_models, clf):
     assert text.startswith("Classifier(") and tiny_models.fp32.name in text and "CPUExecutionProvider" in text
 
 
-def test_bundled_model_by_name(tiny_models, tmp_path, monkeypatch, faces, clf):
-    folder = tmp_path / "models"
-    folder.mkdir()
+def test_bundled_model_by_name(tiny_models, models_dir, faces, clf):
+    folder = models_dir
     shutil.copy(tiny_models.fp32, folder / "tiny.onnx")
     data = (folder / "tiny.onnx").read_bytes()
-    manifest = {
-        "default": "tiny",
-        "models": {
-            "tiny": {
-                "file": "tiny.onnx",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "architecture": "shallow",
-                "precision": "fp32",
-                "parameters": 1,
-                "size_bytes": len(data),
-                "metrics": {},
-                "card": None,
-            }
-        },
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(registry, "MODELS_DIR", folder)
+    write_manifest(folder, {"tiny": manifest_entry("tiny.onnx", data, parameters=1, metrics={}, card=None)})
 
     by_name = Classifier("tiny")
     assert (

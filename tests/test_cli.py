@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER_CSV
+from conftest import FER_CSV, manifest_entry, write_manifest
 from typer.testing import CliRunner
 
 from fer_sdk import registry
@@ -281,27 +281,12 @@ def test_models_without_bundled_models(tmp_path, monkeypatch):
     assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []
 
 
-def test_models_lists_manifest_rows(tiny, tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    folder.mkdir()
+def test_models_lists_manifest_rows(tiny, models_dir):
+    folder = models_dir
     shutil.copy(tiny, folder / "tiny.onnx")
     data = (folder / "tiny.onnx").read_bytes()
-    manifest = {
-        "default": "tiny",
-        "models": {
-            "tiny": {
-                "file": "tiny.onnx",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "architecture": "shallow",
-                "precision": "fp32",
-                "parameters": 4_741_895,
-                "size_bytes": len(data),
-                "metrics": {"PublicTest": {"accuracy": 0.5, "macro_f1": 0.25}},
-            }
-        },
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(registry, "MODELS_DIR", folder)
+    write_manifest(folder, {"tiny": manifest_entry("tiny.onnx", data, parameters=4_741_895,
+                                                   metrics={"PublicTest": {"accuracy": 0.5, "macro_f1": 0.25}})})
 
     as_json = invoke("models", "--json")
     assert as_json.exit_code == 0, as_json.output

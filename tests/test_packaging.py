@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_readme_has_no_unfilled_placeholders_and_names_the_default_model():
     text = (REPO / "README.md").read_text()
-    leftovers = re.findall(r"^[A-Z_]{6,}$|\b(?:MODELS_TABLE|BENCH_TABLE|DEFAULT_MODEL|RAY_SECTION)\b", text, re.M)
+    leftovers = re.findall(r"^[A-Z_]{6,}$|\b(?:MODELS_TABLE|BENCH_TABLE|DEFAULT_MODEL|RAY_SECTION)\b", text, re.MULTILINE)
     assert not leftovers, leftovers
     if list_models():
         assert f"`Classifier()` loads **{default_model_name()}**" in text
@@ -30,7 +30,7 @@ def test_readme_has_no_unfilled_placeholders_and_names_the_default_model():
 
 def test_quickstart_holds_exactly_two_commands_and_ci_runs_the_second():
     text = (REPO / "README.md").read_text()
-    block = re.search(r"^## Quickstart\n.*?```(?:bash|sh)?\n(.*?)```", text, re.S | re.M).group(1)
+    block = re.search(r"^## Quickstart\n.*?```(?:bash|sh)?\n(.*?)```", text, re.DOTALL | re.MULTILINE).group(1)
     commands = [line for line in block.splitlines() if line.strip()]
     assert len(commands) == 2
     assert "fer-sdk predict" in commands[0] and "pytest" in commands[1]

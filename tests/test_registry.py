@@ -5,40 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
+from conftest import manifest_entry, write_manifest
 
 from fer_sdk import registry
 from fer_sdk.errors import ModelError
-
-
-def _write_manifest(folder: Path, models: dict, default: str | None = None) -> None:
-    manifest = {"default": default or next(iter(models)), "models": models}
-    (folder / registry.MANIFEST_NAME).write_text(json.dumps(manifest))
-
-
-def _entry(file: str, data: bytes, **extra) -> dict:
-    entry = {
-        "file": file,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "architecture": "shallow",
-        "precision": "fp32",
-        "parameters": 1234,
-        "size_bytes": len(data),
-        "metrics": {"PublicTest": {"accuracy": 0.5, "macro_f1": 0.4}},
-        "card": "cards/tiny.json",
-    }
-    entry.update(extra)
-    return entry
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr(registry, "MODELS_DIR", folder)
-    return folder
 
 
 @pytest.fixture
@@ -47,10 +19,10 @@ def bundled(models_dir) -> dict[str, bytes]:
     files = {"tiny": b"tiny model bytes" * 1000, "tiny-int8": b"int8 model bytes" * 300}
     for name, data in files.items():
         (models_dir / f"{name}.onnx").write_bytes(data)
-    _write_manifest(
+    write_manifest(
         models_dir,
         {
-            name: _entry(f"{name}.onnx", data, precision="int8" if "int8" in name else "fp32")
+            name: manifest_entry(f"{name}.onnx", data, precision="int8" if "int8" in name else "fp32")
             for name, data in files.items()
         },
         default="tiny-int8",
@@ -164,7 +136,7 @@ def test_broken_manifest(models_dir, text, match):
 
 
 def test_default_must_be_listed(models_dir):
-    _write_manifest(models_dir, {"a": _entry("a.onnx", b"a")}, default="b")
+    write_manifest(models_dir, {"a": manifest_entry("a.onnx", b"a")}, default="b")
     with pytest.raises(ModelError, match="default 'b'"):
         registry.default_model_name()
 
