@@ -112,8 +112,10 @@ def checked_bytes(proto, what: str) -> bytes:
 
 
 def faces_to_input(faces: np.ndarray) -> np.ndarray:
-    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) = pixel * SCALE + OFFSET (the graph input contract)."""
-    return (faces.astype(np.float32) / np.float32(255.0))[..., None]
+    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) = pixel * SCALE + OFFSET, exactly as the runtime does it."""
+    from fer_sdk.preprocess import Preprocessing, prepare_faces
+
+    return prepare_faces(faces, Preprocessing())
 
 
 def summarize_metrics(metrics: dict | None) -> dict:

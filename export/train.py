@@ -135,8 +135,11 @@ def class_weights(y: np.ndarray, mode: str) -> np.ndarray:
 
 
 def to_model_input(x: np.ndarray) -> np.ndarray:
-    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) in [0, 1]: the exported model's input contract."""
-    return (x.astype(np.float32) / 255.0)[..., None]
+    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) in [0, 1]: the runtime's own preprocessing, so training,
+    export parity and inference scale pixels with one piece of code."""
+    from fer_sdk.export.convert import faces_to_input
+
+    return faces_to_input(x)
 
 
 def _augmenter(seed: int, level: str = "strong"):
