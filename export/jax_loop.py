@@ -20,6 +20,7 @@ from fer_sdk.io import atomic_path, atomic_write_json
 from .train import (
     Splits,
     TrainConfig,
+    apply_time_budget,
     build_training_model,
     class_weights,
     evaluate_run,
@@ -132,12 +133,7 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
             with atomic_path(out / "best.keras") as tmp:
                 net.save(tmp)
         st["epochs_done"] = epoch + 1
-        if cfg.time_budget_s is not None and epoch >= 1:
-            recent = [h["seconds"] for h in st["history"][1:]][-5:]
-            affordable = epoch + 1 + int((cfg.time_budget_s - st["wall_time_s"]) // (sum(recent) / len(recent)))
-            if affordable < st["planned_epochs"]:
-                st["planned_epochs"] = max(affordable, epoch + 1)
-                log(f"time budget: schedule shortened to {st['planned_epochs']} epochs")
+        apply_time_budget(cfg, st, epoch, log)
         atomic_write_json(out / "state.json", st)
         log(f"epoch {epoch + 1}/{st['planned_epochs']}  lr {lr:.5f}  loss {loss:.4f}  acc {acc:.4f}  "
             f"val_acc {val_acc:.4f}  best {st['best_val_accuracy']:.4f}@{st['best_epoch']}  {seconds:.1f}s")

@@ -293,18 +293,22 @@ class _RunCallback:
                     self.model.stop_training = True
 
             def _apply_budget(self, epoch):
-                if cfg.time_budget_s is None or epoch < 1:
-                    return
-                # Epoch 1 includes compilation; estimate from the later ones.
-                recent = [h["seconds"] for h in state["history"][1:]][-5:]
-                per_epoch = sum(recent) / len(recent)
-                remaining = cfg.time_budget_s - state["wall_time_s"]
-                affordable = epoch + 1 + int(remaining // per_epoch)
-                if affordable < state["planned_epochs"]:
-                    state["planned_epochs"] = max(affordable, epoch + 1)
-                    log(f"time budget: schedule shortened to {state['planned_epochs']} epochs")
+                apply_time_budget(cfg, state, epoch, log)
 
         return RunCallback()
+
+
+def apply_time_budget(cfg: TrainConfig, state: dict, epoch: int, log) -> None:
+    """After 0-based ``epoch``: shorten ``state["planned_epochs"]`` so training ends within the budget."""
+    if cfg.time_budget_s is None or epoch < 1:
+        return
+    # Epoch 1 includes compilation; estimate from the later ones.
+    recent = [h["seconds"] for h in state["history"][1:]][-5:]
+    per_epoch = sum(recent) / len(recent)
+    affordable = epoch + 1 + int((cfg.time_budget_s - state["wall_time_s"]) // per_epoch)
+    if affordable < state["planned_epochs"]:
+        state["planned_epochs"] = max(affordable, epoch + 1)
+        log(f"time budget: schedule shortened to {state['planned_epochs']} epochs")
 
 
 def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
