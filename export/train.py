@@ -36,6 +36,8 @@ from .architectures import ARCHITECTURES, build
 
 #: Default recipe per architecture; every field can be overridden from the CLI.
 DEFAULT_EPOCHS = {"shallow": 60, "deep": 120}
+#: Training-time augmentation stacks, strongest first ("flip" = horizontal mirror only).
+AUGMENT_LEVELS = ("strong", "light", "flip")
 
 
 @dataclass
@@ -53,7 +55,7 @@ class TrainConfig:
     dropout: float = 0.25
     fc_dropout: float = 0.5
     seed: int = 0
-    augment_level: str = "strong"  # "strong" (geometry + contrast + erasing) or "light" (flip + small geometry)
+    augment_level: str = "strong"  # "strong" (geometry + contrast + erasing), "light" (flip + small geometry), "flip"
     init_from: str | None = None  # a .keras network whose weights start the run (fine-tuning)
     time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
@@ -69,8 +71,10 @@ class TrainConfig:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
         if self.weight_decay is None:
             self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
-        if self.augment_level not in ("strong", "light"):
-            raise FerSdkError(f"unknown augment level {self.augment_level!r}; use 'strong' or 'light'")
+        if self.augment_level not in AUGMENT_LEVELS:
+            raise FerSdkError(
+                f"unknown augment level {self.augment_level!r}; use one of: {', '.join(AUGMENT_LEVELS)}"
+            )
         if self.class_weighting not in ("none", "sqrt", "balanced"):
             raise FerSdkError(
                 f"unknown class weighting {self.class_weighting!r}; use 'none', 'sqrt' or 'balanced'"
@@ -146,10 +150,9 @@ def _augmenter(seed: int, level: str = "strong"):
     import keras
     from keras import layers
 
-    stack = [
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-    ]
+    stack = [layers.RandomFlip("horizontal", seed=seed)]
+    if level != "flip":
+        stack.append(layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1))
     if level == "strong":
         stack += [
             layers.RandomRotation(0.04, fill_mode="nearest", seed=seed + 2),  # +-14 degrees
@@ -157,7 +160,7 @@ def _augmenter(seed: int, level: str = "strong"):
             layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
             layers.RandomErasing(factor=0.5, scale=(0.02, 0.12), value_range=(0.0, 1.0), seed=seed + 5),
         ]
-    else:
+    elif level == "light":
         stack += [
             layers.RandomRotation(0.025, fill_mode="nearest", seed=seed + 2),  # +-9 degrees
             layers.RandomZoom(0.05, fill_mode="nearest", seed=seed + 3),

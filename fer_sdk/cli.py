@@ -91,6 +91,7 @@ class ClassWeighting(str, Enum):
 class AugLevel(str, Enum):
     strong = "strong"
     light = "light"
+    flip = "flip"
 
 
 ModelOpt = Annotated[
@@ -265,7 +266,7 @@ def train(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
     class_weighting: Annotated[ClassWeighting, typer.Option(help="Loss weights against class imbalance.")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
-    aug_level: Annotated[AugLevel, typer.Option(help="strong: geometry + contrast + erasing; light: flip + small geometry.")] = None,
+    aug_level: Annotated[AugLevel, typer.Option(help="strong: geometry + contrast + erasing; light: flip + small geometry; flip: mirror only.")] = None,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after each conv block.")] = 0.25,
     fc_dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after the hidden FC layers.")] = 0.5,
     init_from: Annotated[

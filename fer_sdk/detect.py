@@ -68,10 +68,20 @@ class _ThreadLocalDetector:
 
 
 class HaarDetector(_ThreadLocalDetector):
-    """OpenCV's frontal-face Haar cascade, shipped inside opencv-python 4.x (nothing is downloaded)."""
+    """OpenCV's frontal-face Haar cascade, shipped inside opencv-python 4.x (nothing is downloaded).
+
+    Images whose longer side exceeds ``max_side`` are searched at that size (INTER_AREA) and the boxes
+    scaled back: on a 1920x1080 photo this is ~4x faster and cuts false positives on fine texture, at the
+    price of missing faces smaller than about ``30 * longer_side / max_side`` pixels. ``max_side=None``
+    searches at full resolution. ``min_size`` is in pixels of the original image.
+    """
 
     def __init__(
-        self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: tuple[int, int] = (30, 30)
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_size: tuple[int, int] = (30, 30),
+        max_side: int | None = 960,
     ):
         if isinstance(scale_factor, bool) or not isinstance(scale_factor, Real) or not scale_factor > 1:
             raise InvalidInputError(
@@ -89,7 +99,15 @@ class HaarDetector(_ThreadLocalDetector):
             raise InvalidInputError(
                 f"HaarDetector: min_size must be (width, height) positive ints, got {min_size!r}."
             )
+        if max_side is not None and (
+            isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 64
+        ):
+            raise InvalidInputError(
+                f"HaarDetector: max_side must be an int >= 64 (e.g. 960) or None for full resolution, "
+                f"got {max_side!r}."
+            )
         super().__init__()
+        self.max_side = None if max_side is None else int(max_side)
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.min_size = (int(min_size[0]), int(min_size[1]))
@@ -112,15 +130,23 @@ class HaarDetector(_ThreadLocalDetector):
     def detect(self, image: np.ndarray) -> list[Box]:
         image = as_image(image, what="detect: image")
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        longer = max(gray.shape[:2])
+        scale = 1.0 if self.max_side is None or longer <= self.max_side else self.max_side / longer
+        if scale < 1.0:
+            size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        min_size = tuple(max(1, round(v * scale)) for v in self.min_size)
         found = self._instance().detectMultiScale(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=self.min_size
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=min_size
         )
+        if scale < 1.0 and len(found):
+            found = np.asarray(found, dtype=np.float64) / scale
         return normalize_boxes(found, image.shape)
 
     def __repr__(self) -> str:
         return (
             f"HaarDetector(scale_factor={self.scale_factor}, min_neighbors={self.min_neighbors}, "
-            f"min_size={self.min_size})"
+            f"min_size={self.min_size}, max_side={self.max_side})"
         )
 
 

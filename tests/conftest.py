@@ -8,6 +8,7 @@ keyed by the hash of the export code (``FER_SDK_TEST_NO_CACHE=1`` disables that)
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
@@ -20,6 +21,26 @@ import pytest
 
 import fer_sdk
 from fer_sdk.constants import EMOTIONS, INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+
+#: The "fer_sdk" ONNX metadata contract (docs/CONTRACTS.md) written out literally, as a model file holds it.
+CONTRACT_META = {
+    "format": 1,
+    "labels": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
+    "input": {
+        "name": "faces",
+        "height": 48,
+        "width": 48,
+        "channels": 1,
+        "layout": "NHWC",
+        "dtype": "float32",
+        "color": "gray",
+        "scale": 0.00392156862745098,
+        "offset": 0.0,
+        "resize": "area",
+    },
+    "output": {"name": "probabilities", "kind": "softmax"},
+}
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,21 +220,8 @@ def make_linear_onnx(
     model.ir_version = 8
     if metadata:
         meta = {
-            "format": 1,
+            **copy.deepcopy(CONTRACT_META),
             "labels": list(labels or EMOTIONS),
-            "input": {
-                "name": INPUT_NAME,
-                "height": 48,
-                "width": 48,
-                "channels": 1,
-                "layout": "NHWC",
-                "dtype": "float32",
-                "color": "gray",
-                "scale": 1 / 255,
-                "offset": 0.0,
-                "resize": "area",
-            },
-            "output": {"name": OUTPUT_NAME, "kind": "softmax"},
             "architecture": "linear",
             "precision": "fp32",
             "parameters": int(weights.size),

@@ -9,7 +9,7 @@ import pytest
 from conftest import FER_CSV
 
 from fer_sdk import EMOTIONS, Classifier, list_models
-from fer_sdk.registry import default_model_name, models_dir, sha256_file
+from fer_sdk.registry import default_model_name, models_dir, sha256_file, verify_sha256
 
 SPECS = list_models()
 pytestmark = pytest.mark.skipif(not SPECS, reason="no bundled models (fer_sdk/models/manifest.json absent)")
@@ -17,18 +17,21 @@ pytestmark = pytest.mark.skipif(not SPECS, reason="no bundled models (fer_sdk/mo
 
 def test_the_four_models_are_bundled():
     assert {s.name for s in SPECS} >= {"shallow", "deep", "shallow-int8", "deep-int8"}
+    assert default_model_name() in {s.name for s in SPECS}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_bundled_model_matches_manifest_and_card(spec):
     assert spec.path.stat().st_size == spec.size_bytes
     assert sha256_file(spec.path) == spec.sha256
+    verify_sha256(spec.path, spec.sha256)
     clf = Classifier(spec.name)
     meta = clf.metadata
     assert meta["architecture"] == spec.architecture
     assert meta["precision"] == spec.precision
     assert tuple(meta["labels"]) == EMOTIONS
     card_json = models_dir() / "cards" / f"{spec.name}.json"
+    assert spec.card_path == card_json
     card = json.loads(card_json.read_text())
     assert card["sha256"] == spec.sha256
     assert card["evaluation"]["accuracy"] == pytest.approx(spec.metrics["PublicTest"]["accuracy"])

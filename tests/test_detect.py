@@ -90,6 +90,23 @@ def test_haar_is_safe_across_threads(haar, astronaut):
     assert len(instances) == 4  # one CascadeClassifier per thread
 
 
+def test_haar_downscales_large_photos_and_maps_boxes_back(haar, astronaut):
+    """A 1920x1080 photo is searched at max_side; boxes come back in the photo's own pixels."""
+    big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    photo = cv2.copyMakeBorder(big, 28, 28, 448, 448, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    assert photo.shape[:2] == (1080, 1920)
+    boxes = haar.detect(photo)
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    # the face centre (225, 115) of the 512 px portrait, scaled x2 and shifted by the padding
+    assert x < 448 + 450 < x + w and y < 28 + 230 < y + h and 120 <= w <= 320
+    full = HaarDetector(max_side=None).detect(photo)
+    assert any(abs(fx - x) < 0.15 * w and abs(fw - w) < 0.3 * w for fx, _, fw, _ in full)
+    # min_size stays in photo pixels: a face ~200 px wide is dropped when min_size asks for 400
+    assert HaarDetector(min_size=(400, 400)).detect(photo) == []
+    assert "max_side=960" in repr(haar) and HaarDetector(max_side=2000).detect(astronaut) == haar.detect(astronaut)
+
+
 def test_haar_pickles(haar, astronaut):
     clone = pickle.loads(pickle.dumps(haar))
     assert clone.detect(astronaut) == haar.detect(astronaut)
@@ -103,6 +120,9 @@ def test_haar_pickles(haar, astronaut):
         {"min_neighbors": -1},
         {"min_size": (0, 30)},
         {"min_size": 30},
+        {"max_side": 10},
+        {"max_side": 960.0},
+        {"max_side": True},
     ],
 )
 def test_haar_bad_parameters(kwargs):

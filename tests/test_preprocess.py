@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import CONTRACT_META
 from hypothesis.extra import numpy as hnp
 
 from fer_sdk.errors import FerSdkError, InvalidInputError, ModelError
@@ -19,24 +20,6 @@ from fer_sdk.samples import sample_path
 RNG = np.random.default_rng(7)
 FACES = RNG.integers(0, 256, (5, 48, 48), dtype=np.uint8)
 PHOTO = RNG.integers(0, 256, (120, 90, 3), dtype=np.uint8)
-
-CONTRACT_META = {
-    "format": 1,
-    "labels": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
-    "input": {
-        "name": "faces",
-        "height": 48,
-        "width": 48,
-        "channels": 1,
-        "layout": "NHWC",
-        "dtype": "float32",
-        "color": "gray",
-        "scale": 0.00392156862745098,
-        "offset": 0.0,
-        "resize": "area",
-    },
-    "output": {"name": "probabilities", "kind": "softmax"},
-}
 
 
 def expected(gray: np.ndarray, size=(48, 48)) -> np.ndarray:

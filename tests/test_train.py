@@ -347,3 +347,38 @@ def test_init_from_run_records_it_and_trains(seeded_runs, splits, tmp_path):
     assert metrics["config"]["init_from"] == str(source) and metrics["epochs"] == 1
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["init_from"] == str(source)
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+
+
+@pytest.mark.parametrize(
+    ("level", "layers"),
+    [
+        ("flip", ["RandomFlip"]),
+        ("light", ["RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom"]),
+        (
+            "strong",
+            ["RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast", "RandomErasing"],
+        ),
+    ],
+)
+def test_augment_levels_build_their_stacks(level, layers):
+    model = build_training_model(small_config(augment_level=level))
+    augment = model.layers[0]
+    assert augment.name == "augment" and [type(layer).__name__ for layer in augment.layers] == layers
+    assert model.layers[-1].name == "fer_shallow"
+
+
+def test_flip_level_only_mirrors(splits):
+    """Training-mode 'flip' output is each face itself or its mirror image, never anything else."""
+    from fer_sdk.export.train import to_model_input
+
+    augment = build_training_model(small_config(augment_level="flip")).layers[0]
+    x = to_model_input(splits.x_train[:64])
+    out = np.asarray(augment(x, training=True))
+    same = np.all(np.isclose(out, x), axis=(1, 2, 3))
+    mirrored = np.all(np.isclose(out, x[:, :, ::-1]), axis=(1, 2, 3))
+    assert np.all(same | mirrored) and mirrored.sum() > 10 and (~mirrored).sum() > 10
+    no_aug = build_training_model(small_config(augment=False))
+    assert no_aug.layers[0].name == "fer_shallow"
