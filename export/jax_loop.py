@@ -124,13 +124,19 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
         st["wall_time_s"] += seconds
         st["history"].append({"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2), "loss": loss,
                               "accuracy": acc, "val_accuracy": val_acc})
-        if val_acc > st["best_val_accuracy"]:
-            st["best_val_accuracy"], st["best_epoch"] = val_acc, epoch + 1
+        improved = val_acc > st["best_val_accuracy"]
+        if improved or cfg.snapshots:
             for v, val in zip(net.trainable_variables, tv_net):
                 v.assign(val)
             for v, val in zip(net.non_trainable_variables, ntv_net):
                 v.assign(val)
+        if improved:
+            st["best_val_accuracy"], st["best_epoch"] = val_acc, epoch + 1
             with atomic_path(out / "best.keras") as tmp:
+                net.save(tmp)
+        if cfg.snapshots:
+            (out / "snapshots").mkdir(exist_ok=True)
+            with atomic_path(out / "snapshots" / f"epoch_{epoch + 1:03d}.keras") as tmp:
                 net.save(tmp)
         st["epochs_done"] = epoch + 1
         apply_time_budget(cfg, st, epoch, log)

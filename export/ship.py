@@ -53,6 +53,7 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         f"--dropout {cfg['dropout']} --fc-dropout {cfg['fc_dropout']}",
         f"--init-from {cfg['init_from']}" if cfg.get("init_from") else None,
         f"--seed {cfg['seed']}",
+        "--snapshots" if cfg.get("snapshots") else None,
     ]
     return " ".join(p for p in parts if p)
 
@@ -112,8 +113,9 @@ def card_markdown(card: dict) -> str:
         f"{t['wall_time_s'] / 60:.1f} min of training on {t['hardware']}."),
     ]
     for i, st in enumerate(t["stages"], 1):
+        ran = f"{st['epochs']} epochs (best {st['best_epoch']}), " if st["best_epoch"] is not None else ""
         lines += [
-            f"- Stage {i}: {st['recipe']}. {st['epochs']} epochs (best {st['best_epoch']}), "
+            f"- Stage {i}: {st['recipe']}. {ran}"
             f"{st['wall_time_s'] / 60:.1f} min on {st['hardware']} (Keras backend {st['backend']}); "
             f"Keras PublicTest accuracy {100 * st['keras_publictest_accuracy']:.2f} %."
             + (f" Ran as {st['ran_as']}." if st.get("ran_as") else ""),
@@ -139,13 +141,16 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
     chain, metrics = [], run_metrics
     while metrics is not None:
         chain.insert(0, metrics)
-        parent = metrics["config"].get("init_from")
-        parent_metrics = Path(parent).parent / "metrics.json" if parent else None
+        if metrics.get("average"):  # a weight average of another run's snapshots (export/average.py)
+            parent_metrics = Path(metrics["average"]["run"]) / "metrics.json"
+        else:
+            parent = metrics["config"].get("init_from")
+            parent_metrics = Path(parent).parent / "metrics.json" if parent else None
         metrics = json.loads(parent_metrics.read_text()) if parent_metrics and parent_metrics.exists() else None
     outs = [f"runs/{arch}-stage{i}" for i in range(1, len(chain))] + [f"runs/{arch}"]
     stages = []
     for i, metrics in enumerate(chain):
-        if i > 0:
+        if i > 0 and not metrics.get("average"):
             metrics = {**metrics, "config": {**metrics["config"], "init_from": f"{outs[i - 1]}/best.keras"}}
         backend = metrics["hardware"].get("backend")
         stage = {
@@ -159,6 +164,19 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
             "command": reproduce_command(metrics, outs[i]),
             "keras_publictest_accuracy": metrics["splits"]["PublicTest"]["accuracy"],
         }
+        if metrics.get("average"):
+            avg = metrics["average"]
+            span = f"{avg['epochs'][0]}-{avg['epochs'][-1]}" if avg["epochs"] == list(
+                range(avg["epochs"][0], avg["epochs"][-1] + 1)) else ",".join(map(str, avg["epochs"]))
+            stage["recipe"] = (
+                f"weight average (SWA) of the networks after epochs {span} of the previous stage, batch-norm "
+                f"statistics re-estimated on {avg['bn_faces']:,} Training faces"
+            )
+            stage["command"] = (
+                f"python -m fer_sdk.export.average --data fer2013.csv.gz --run {outs[i - 1] if i else avg['run']} "
+                f"--epochs {span} --out {outs[i]} --bn-faces {avg['bn_faces']} --seed {avg['seed']}"
+            )
+            stage["best_epoch"] = None
         if backend == "jax":
             stage["ran_as"] = (
                 "python -m fer_sdk.export.gpu_job (Keras 3 on JAX, whole epochs on the GPU with the same recipe, "
@@ -183,8 +201,16 @@ def recipe_text(cfg: dict) -> str:
         f"{cfg['batch_size']}, {cfg['warmup_epochs']} warm-up epochs then cosine decay; label smoothing "
         f"{cfg['label_smoothing']}; class weights {cfg['class_weighting']}; dropout {cfg['dropout']} (conv) / "
         f"{cfg['fc_dropout']} (FC); augmentation "
-        + ("flip, shift 10 %, rotation 14 deg, zoom 10 %, contrast 20 %, random erasing" if cfg["augment"] else "off")
+        + (AUGMENT_TEXT[cfg.get("augment_level", "strong")] if cfg["augment"] else "off")
     )
+
+
+#: What each ``augment_level`` of ``export/train.py`` does, in words for the model cards.
+AUGMENT_TEXT = {
+    "strong": "flip, shift 10 %, rotation 14 deg, zoom 10 %, contrast 20 %, random erasing",
+    "light": "flip, shift 10 %, rotation 9 deg, zoom 5 %",
+    "flip": "horizontal flip only",
+}
 
 
 def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, default: str | None = None,

@@ -7,6 +7,7 @@ A run lives in one folder (``--out``):
 - ``best.keras``    the inference network (no augmentation) with the best validation accuracy so far
 - ``state.json``    epochs done, planned epochs, history, best epoch: what ``--resume`` continues from
 - ``metrics.json``  the final report (written once training ends)
+- ``snapshots/epoch_NNN.keras``  with ``snapshots=True``: the network after every epoch (see ``average.py``)
 
 Every file is written atomically, so a run killed at any point (SIGKILL included) resumes from its last
 completed epoch with ``resume=True``.
@@ -58,6 +59,7 @@ class TrainConfig:
     augment_level: str = "strong"  # "strong" (geometry + contrast + erasing), "light" (flip + small geometry), "flip"
     init_from: str | None = None  # a .keras network whose weights start the run (fine-tuning)
     time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
+    snapshots: bool = False  # also keep the network of every epoch as snapshots/epoch_NNN.keras (for averaging)
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
     def __post_init__(self) -> None:
@@ -281,6 +283,10 @@ class _RunCallback:
                     state["best_epoch"] = epoch + 1
                     with atomic_path(out / "best.keras") as tmp:
                         self.model.layers[-1].save(tmp)
+                if cfg.snapshots:
+                    (out / "snapshots").mkdir(exist_ok=True)
+                    with atomic_path(out / "snapshots" / f"epoch_{epoch + 1:03d}.keras") as tmp:
+                        self.model.layers[-1].save(tmp)
                 with atomic_path(out / "last.keras") as tmp:
                     self.model.save(tmp)
                 state["epochs_done"] = epoch + 1
@@ -316,7 +322,7 @@ def apply_time_budget(cfg: TrainConfig, state: dict, epoch: int, log) -> None:
 
 def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
     saved = json.loads((out / "config.json").read_text())
-    ignore = {"command", "time_budget_s", "epochs"}
+    ignore = {"command", "time_budget_s", "epochs", "snapshots"}
     diff = {
         k: (saved[k], v)
         for k, v in dataclasses.asdict(cfg).items()

@@ -281,6 +281,9 @@ def train(
         float | None, typer.Option(help="Seconds: shorten the schedule so training ends in time.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
+    snapshots: Annotated[
+        bool, typer.Option("--snapshots", help="Keep every epoch's network in OUT/snapshots (for weight averaging).")
+    ] = False,
 ) -> None:
     """Train a CNN on FER2013 (GPU when the Keras backend sees one, CPU otherwise)."""
     with _errors():
@@ -294,6 +297,7 @@ def train(
             class_weighting=(class_weighting or ClassWeighting.sqrt).value, augment=augment,
             augment_level=(aug_level or AugLevel.strong).value, dropout=dropout, fc_dropout=fc_dropout,
             init_from=str(init_from) if init_from else None, seed=seed, time_budget_s=time_budget,
+            snapshots=snapshots,
         )
         run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
                      log=lambda m: typer.echo(m, err=True))

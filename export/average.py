@@ -1,0 +1,165 @@
+"""Weight averaging (SWA): average the networks of several epochs of one run, then re-estimate batch norm.
+
+    fer-sdk train ... --out runs/deep-ft --snapshots
+    python -m fer_sdk.export.average --data fer2013.csv.gz --run runs/deep-ft --epochs 20-32 --out runs/deep-swa
+
+Averaging the weights of the last epochs of a run (Izmailov et al. 2018, "Averaging Weights Leads to Wider
+Optima") lands in the middle of the region SGD wanders in, which usually generalizes better than any one
+epoch. The averaged batch-norm statistics do not match the averaged weights, so they are re-estimated on
+Training faces, layer by layer, in inference mode ("precise BN"). The output is a run folder like
+``fer-sdk train`` writes (``best.keras``, ``config.json``, ``metrics.json``), so ``fer-sdk export`` and the
+ship step take it as is; ``metrics.json`` records the source run and epochs, which chain the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fer_sdk.errors import FerSdkError
+from fer_sdk.io import atomic_path, atomic_write_json
+
+
+def parse_epochs(spec: str) -> list[int]:
+    """``"20-32"`` or ``"20,22,24"`` (or a mix) -> sorted epoch numbers; bad specs name the fix."""
+    epochs: set[int] = set()
+    for part in str(spec).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise FerSdkError(f"--epochs {spec!r}: use a range like 20-32 or a list like 20,24,28")
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if lo < 1 or hi < lo:
+            raise FerSdkError(f"--epochs {spec!r}: ranges go from a low epoch >= 1 to a higher one, e.g. 20-32")
+        epochs.update(range(lo, hi + 1))
+    return sorted(epochs)
+
+
+def snapshot_paths(run: Path, epochs: list[int]) -> list[Path]:
+    paths = [run / "snapshots" / f"epoch_{e:03d}.keras" for e in epochs]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FerSdkError(
+            f"{run}/snapshots lacks {', '.join(missing)}; train with --snapshots (and enough epochs) first"
+        )
+    return paths
+
+
+def average_networks(paths: list[Path]):
+    """Load the networks and return the first one holding the mean of all their weights."""
+    import keras
+
+    if not paths:
+        raise FerSdkError("nothing to average: pass at least one snapshot")
+    nets = [keras.models.load_model(p, compile=False) for p in paths]
+    shapes = [[w.shape for w in n.get_weights()] for n in nets]
+    if any(s != shapes[0] for s in shapes):
+        odd = next(p for p, s in zip(paths, shapes) if s != shapes[0])
+        raise FerSdkError(f"{odd} is not the same network as {paths[0]}; average snapshots of one run only")
+    mean = [np.mean([n.get_weights()[i] for n in nets], axis=0, dtype=np.float64).astype(np.float32)
+            for i in range(len(shapes[0]))]
+    nets[0].set_weights(mean)
+    return nets[0]
+
+
+def recalibrate_batchnorm(net, x_uint8: np.ndarray, *, batch_size: int = 256) -> int:
+    """Set every BatchNormalization layer's moving mean/variance to the statistics of its input on
+    ``x_uint8`` (inference mode, earlier layers already recalibrated). Returns the number of layers set."""
+    import keras
+
+    from .train import to_model_input
+
+    x = to_model_input(x_uint8)
+    done = 0
+    for layer in net.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        probe = keras.Model(net.input, layer.input)
+        total, total_sq, count = 0.0, 0.0, 0
+        for i in range(0, len(x), batch_size):
+            a = np.asarray(probe(x[i : i + batch_size], training=False), dtype=np.float64)
+            a = a.reshape(-1, a.shape[-1])
+            total, total_sq, count = total + a.sum(0), total_sq + (a * a).sum(0), count + len(a)
+        mean = total / count
+        var = np.maximum(total_sq / count - mean * mean, 0.0)
+        gamma, beta, _, _ = layer.get_weights()
+        layer.set_weights([gamma, beta, mean.astype(np.float32), var.astype(np.float32)])
+        done += 1
+    return done
+
+
+def average_run(
+    run: str | Path,
+    epochs: list[int],
+    out: str | Path,
+    data,
+    *,
+    bn_faces: int = 10000,
+    seed: int = 0,
+    command: str | None = None,
+    log=print,
+) -> dict:
+    """Average ``run``'s snapshots of ``epochs`` into the run folder ``out``; return its metrics."""
+    from .train import evaluate_run
+
+    run, out = Path(run), Path(out)
+    source = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None
+    if source is None:
+        raise FerSdkError(f"{run} has no metrics.json; average the snapshots of a finished run")
+    if (out / "metrics.json").exists():
+        raise FerSdkError(f"{out} already holds a run; choose a new --out")
+    t0 = time.perf_counter()
+    net = average_networks(snapshot_paths(run, epochs))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(data.x_train), size=min(bn_faces, len(data.x_train)), replace=False)
+    layers = recalibrate_batchnorm(net, data.x_train[np.sort(pick)])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "best.keras") as tmp:
+        net.save(tmp)
+    config = {**source["config"], "init_from": None}
+    atomic_write_json(out / "config.json", config)
+    from .train import TrainConfig
+
+    cfg = TrainConfig(**{**config, "command": command or shlex.join(sys.argv)})
+    state = {"best_epoch": epochs[-1], "epochs_done": 0, "wall_time_s": time.perf_counter() - t0, "history": []}
+    metrics = evaluate_run(out, data, cfg, state)
+    metrics["average"] = {
+        "run": str(run),
+        "epochs": epochs,
+        "bn_faces": len(pick),
+        "bn_layers": layers,
+        "seed": seed,
+        "command": cfg.command,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    acc = metrics["splits"][data.val_name]["accuracy"]
+    log(f"averaged {len(epochs)} epochs of {run} ({epochs[0]}-{epochs[-1]}): {data.val_name} accuracy {acc:.4f}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .train import load_splits
+
+    ap = argparse.ArgumentParser(description="Average the weights of a run's epochs (SWA) into a new run folder.")
+    ap.add_argument("--data", type=Path, required=True, help="FER2013 CSV / folder (Training + PublicTest)")
+    ap.add_argument("--run", type=Path, required=True, help="a run trained with --snapshots")
+    ap.add_argument("--epochs", required=True, help="which epochs, e.g. 20-32")
+    ap.add_argument("--out", type=Path, required=True, help="new run folder for the averaged network")
+    ap.add_argument("--bn-faces", type=int, default=10000, help="Training faces for batch-norm statistics")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        average_run(args.run, parse_epochs(args.epochs), args.out, load_splits(args.data), bn_faces=args.bn_faces,
+                    seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    except FerSdkError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
