@@ -76,6 +76,16 @@ def read_fer_rows(n: int, path: Path = FER_CSV) -> tuple[np.ndarray, np.ndarray]
     return np.stack(faces), np.array(labels, np.int64)
 
 
+def fer_splits(n_train: int, n_val: int):
+    """Training ``Splits`` from the first FER2013 rows (skips the test when the data is absent)."""
+    if not FER_CSV.is_file():
+        pytest.skip(f"FER2013 not found at {FER_CSV} (set FER_SDK_FER2013)")
+    from fer_sdk.export.train import Splits
+
+    x, y = read_fer_rows(n_train + n_val)
+    return Splits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
 @pytest.fixture(scope="session")
 def fer_rows() -> tuple[np.ndarray, np.ndarray]:
     if not FER_CSV.is_file():

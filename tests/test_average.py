@@ -11,17 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER_CSV, read_fer_rows
+from conftest import fer_splits
 
 pytestmark = pytest.mark.train
 
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from fer_sdk.errors import FerSdkError
 from fer_sdk.export import ship
 from fer_sdk.export.average import average_networks, average_run, parse_epochs, recalibrate_batchnorm
 from fer_sdk.export.train import Splits, TrainConfig, to_model_input, train
+
+from fer_sdk.errors import FerSdkError
 
 
 def quiet(*_):
@@ -30,10 +31,7 @@ def quiet(*_):
 
 @pytest.fixture(scope="module")
 def splits() -> Splits:
-    if not FER_CSV.is_file():
-        pytest.skip(f"FER2013 not found at {FER_CSV} (set FER_SDK_FER2013)")
-    x, y = read_fer_rows(300)
-    return Splits(x[:200], y[:200], x[200:], y[200:])
+    return fer_splits(200, 100)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +81,14 @@ def test_average_networks_is_the_mean_of_every_weight(snap_run):
 
 def test_recalibrated_batchnorm_matches_the_data(snap_run, splits):
     net = load(snap_run / "snapshots" / "epoch_003.keras")
+    before = net.get_layer("block2_bn").get_weights()
     assert recalibrate_batchnorm(net, splits.x_train) == 2  # block1_bn, block2_bn
     bn = net.get_layer("block2_bn")
     probe = keras.Model(net.input, bn.input)
     a = np.asarray(probe(to_model_input(splits.x_train), training=False), dtype=np.float64).reshape(-1, 64)
     gamma, beta, mean, var = bn.get_weights()
+    assert np.array_equal(gamma, before[0]) and np.array_equal(beta, before[1])  # learned params untouched
+    assert not np.allclose(mean, before[2])  # the moving mean really was replaced
     np.testing.assert_allclose(mean, a.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(var, a.var(0), rtol=1e-3, atol=1e-5)
 

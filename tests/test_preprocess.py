@@ -8,9 +8,9 @@ import math
 import cv2
 import numpy as np
 import pytest
+from conftest import CONTRACT_META
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import CONTRACT_META
 from hypothesis.extra import numpy as hnp
 
 from fer_sdk.errors import FerSdkError, InvalidInputError, ModelError

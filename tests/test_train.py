@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER_CSV, read_fer_rows
+from conftest import FER_CSV, fer_splits
 
 pytestmark = pytest.mark.train
 
@@ -39,10 +39,7 @@ def quiet(*_):
 
 @pytest.fixture(scope="module")
 def splits() -> Splits:
-    if not FER_CSV.is_file():
-        pytest.skip(f"FER2013 not found at {FER_CSV} (set FER_SDK_FER2013)")
-    x, y = read_fer_rows(N_TRAIN + N_VAL)
-    return Splits(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
+    return fer_splits(N_TRAIN, N_VAL)
 
 
 def small_config(**overrides) -> TrainConfig:
