@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.constants import EMOTIONS
+from fer_sdk.errors import FerSdkError
 from fer_sdk.io import atomic_path, atomic_write_json
 
 from .train import (
@@ -41,6 +42,11 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
     import jax.numpy as jnp
     import keras
 
+    if cfg.precision != "float32":
+        raise FerSdkError(
+            f"the on-device JAX loop trains in float32 only, got precision {cfg.precision!r}; drop --precision "
+            "or train with `fer-sdk train`"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)

@@ -53,6 +53,7 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         f"--dropout {cfg['dropout']} --fc-dropout {cfg['fc_dropout']}",
         f"--init-from {cfg['init_from']}" if cfg.get("init_from") else None,
         f"--seed {cfg['seed']}",
+        f"--precision {cfg['precision']}" if cfg.get("precision", "float32") != "float32" else None,
         "--snapshots" if cfg.get("snapshots") else None,
     ]
     return " ".join(p for p in parts if p)
@@ -202,6 +203,7 @@ def recipe_text(cfg: dict) -> str:
         f"{cfg['label_smoothing']}; class weights {cfg['class_weighting']}; dropout {cfg['dropout']} (conv) / "
         f"{cfg['fc_dropout']} (FC); augmentation "
         + (AUGMENT_TEXT[cfg.get("augment_level", "strong")] if cfg["augment"] else "off")
+        + ("; mixed bfloat16 compute" if cfg.get("precision") == "mixed_bfloat16" else "")
     )
 
 

@@ -39,6 +39,8 @@ from .architectures import ARCHITECTURES, build
 DEFAULT_EPOCHS = {"shallow": 60, "deep": 120}
 #: Training-time augmentation stacks, strongest first ("flip" = horizontal mirror only).
 AUGMENT_LEVELS = ("strong", "light", "flip")
+#: Keras dtype policies for training; saved networks are always float32.
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TrainConfig:
     augment_level: str = "strong"  # "strong" (geometry + contrast + erasing), "light" (flip + small geometry), "flip"
     init_from: str | None = None  # a .keras network whose weights start the run (fine-tuning)
     time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
+    precision: str = "float32"  # or "mixed_bfloat16": ~2x faster on CPUs with AVX512-BF16 / AMX
     snapshots: bool = False  # also keep the network of every epoch as snapshots/epoch_NNN.keras (for averaging)
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
@@ -77,6 +80,8 @@ class TrainConfig:
             raise FerSdkError(
                 f"unknown augment level {self.augment_level!r}; use one of: {', '.join(AUGMENT_LEVELS)}"
             )
+        if self.precision not in PRECISIONS:
+            raise FerSdkError(f"unknown precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}")
         if self.class_weighting not in ("none", "sqrt", "balanced"):
             raise FerSdkError(
                 f"unknown class weighting {self.class_weighting!r}; use 'none', 'sqrt' or 'balanced'"
@@ -190,11 +195,33 @@ def _compile(model, cfg: TrainConfig) -> None:
     )
 
 
+def float32_network(net, cfg: TrainConfig):
+    """``net`` itself when it computes in float32, else a float32 copy with its weights (mixed-precision
+    training keeps float32 variables, so the copy is exact): saved and exported networks are float32."""
+    import keras
+
+    if net.dtype_policy.name == "float32":
+        return net
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(net.get_weights())
+    return copy
+
+
 def build_training_model(cfg: TrainConfig):
     """The network wrapped with (training-only) augmentation; ``model.layers[-1]`` is the network."""
     import keras
 
-    net = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(cfg.precision)  # variables stay float32; layers compute in bfloat16
+    try:
+        net = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
+    finally:
+        keras.config.set_dtype_policy(previous)
     if cfg.init_from:
         source = keras.models.load_model(cfg.init_from)
         if source.count_params() != net.count_params():
@@ -282,11 +309,11 @@ class _RunCallback:
                     state["best_val_accuracy"] = val_acc
                     state["best_epoch"] = epoch + 1
                     with atomic_path(out / "best.keras") as tmp:
-                        self.model.layers[-1].save(tmp)
+                        float32_network(self.model.layers[-1], cfg).save(tmp)
                 if cfg.snapshots:
                     (out / "snapshots").mkdir(exist_ok=True)
                     with atomic_path(out / "snapshots" / f"epoch_{epoch + 1:03d}.keras") as tmp:
-                        self.model.layers[-1].save(tmp)
+                        float32_network(self.model.layers[-1], cfg).save(tmp)
                 with atomic_path(out / "last.keras") as tmp:
                     self.model.save(tmp)
                 state["epochs_done"] = epoch + 1
@@ -349,7 +376,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         state["planned_epochs"] = max(state["planned_epochs"], state["epochs_done"])
         if cfg.epochs != state.get("requested_epochs"):
             state["planned_epochs"] = state["requested_epochs"] = cfg.epochs
-        model = keras.models.load_model(out / "last.keras")
+        model = keras.models.load_model(out / "last.keras")  # layers keep the dtype policy they were saved with
         log(f"resuming {out} after epoch {state['epochs_done']} (best {state['best_val_accuracy']:.4f})")
     else:
         if not resume and state_file.exists():

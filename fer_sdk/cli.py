@@ -88,6 +88,11 @@ class ClassWeighting(str, Enum):
     balanced = "balanced"
 
 
+class Precision(str, Enum):
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
 class AugLevel(str, Enum):
     strong = "strong"
     light = "light"
@@ -281,6 +286,9 @@ def train(
         float | None, typer.Option(help="Seconds: shorten the schedule so training ends in time.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
+    precision: Annotated[
+        Precision, typer.Option(help="mixed_bfloat16: ~2x faster on CPUs with AVX512-BF16; saved models stay float32.")
+    ] = None,
     snapshots: Annotated[
         bool, typer.Option("--snapshots", help="Keep every epoch's network in OUT/snapshots (for weight averaging).")
     ] = False,
@@ -297,7 +305,7 @@ def train(
             class_weighting=(class_weighting or ClassWeighting.sqrt).value, augment=augment,
             augment_level=(aug_level or AugLevel.strong).value, dropout=dropout, fc_dropout=fc_dropout,
             init_from=str(init_from) if init_from else None, seed=seed, time_budget_s=time_budget,
-            snapshots=snapshots,
+            snapshots=snapshots, precision=(precision or Precision.float32).value,
         )
         run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
                      log=lambda m: typer.echo(m, err=True))

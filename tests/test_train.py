@@ -171,6 +171,7 @@ def test_unknown_architecture_lists_valid_ones():
         ({"lr": 0.0}, "lr=0.0"),
         ({"lr": -0.1}, "lr=-0.1"),
         ({"augment_level": "extreme"}, "'extreme'"),
+        ({"precision": "float16"}, "'float16'"),
         ({"class_weighting": "inverse"}, "'inverse'"),
         ({"weight_decay": -1e-4}, "weight_decay=-0.0001"),
         ({"warmup_epochs": -1}, "warmup_epochs=-1"),
@@ -379,3 +380,24 @@ def test_flip_level_only_mirrors(splits):
     assert np.all(same | mirrored) and mirrored.sum() > 10 and (~mirrored).sum() > 10
     no_aug = build_training_model(small_config(augment=False))
     assert no_aug.layers[0].name == "fer_shallow"
+
+
+# ------------------------------------------------------------------------------------------ precision
+
+
+def test_mixed_bfloat16_trains_and_saves_float32_networks(splits, tmp_path):
+    cfg = small_config(precision="mixed_bfloat16", epochs=2, snapshots=True, warmup_epochs=0)
+    train(cfg, splits, tmp_path / "bf16", log=quiet)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    last = keras.models.load_model(tmp_path / "bf16" / "last.keras")
+    assert last.layers[-1].get_layer("block1_conv").dtype_policy.name == "mixed_bfloat16"  # computes in bf16
+    for path in (tmp_path / "bf16" / "best.keras", tmp_path / "bf16" / "snapshots" / "epoch_002.keras"):
+        net = keras.models.load_model(path, compile=False)
+        assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}, path
+        assert all(w.dtype == np.float32 for w in net.get_weights())
+    snap = keras.models.load_model(tmp_path / "bf16" / "snapshots" / "epoch_002.keras", compile=False)
+    assert all(np.array_equal(a, b) for a, b in zip(snap.get_weights(), last.layers[-1].get_weights()))
+    metrics = train(cfg, splits, tmp_path / "bf16", resume=True, log=quiet)  # nothing left: evaluates only
+    assert metrics["config"]["precision"] == "mixed_bfloat16" and metrics["epochs"] == 2
+    with pytest.raises(FerSdkError, match="precision"):
+        train(small_config(epochs=3), splits, tmp_path / "bf16", resume=True, log=quiet)
