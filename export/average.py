@@ -80,14 +80,18 @@ def recalibrate_batchnorm(net, x_uint8: np.ndarray, *, batch_size: int = 256) ->
     for layer in net.layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        probe = keras.Model(net.input, layer.input)
-        total, total_sq, count = 0.0, 0.0, 0
+        feat = layer.input
+        axes = tuple(range(len(feat.shape) - 1))  # all but channels
+        # per-batch moments computed inside the compiled graph: no (N, 48, 48, C) array reaches numpy
+        probe = keras.Model(net.input, [keras.ops.mean(feat, axis=axes), keras.ops.mean(keras.ops.square(feat), axis=axes)])
+        total, total_sq = 0.0, 0.0
         for i in range(0, len(x), batch_size):
-            a = np.asarray(probe(x[i : i + batch_size], training=False), dtype=np.float64)
-            a = a.reshape(-1, a.shape[-1])
-            total, total_sq, count = total + a.sum(0), total_sq + (a * a).sum(0), count + len(a)
-        mean = total / count
-        var = np.maximum(total_sq / count - mean * mean, 0.0)
+            chunk = x[i : i + batch_size]
+            mean_b, sq_b = probe.predict_on_batch(chunk)
+            total = total + np.asarray(mean_b, np.float64) * len(chunk)
+            total_sq = total_sq + np.asarray(sq_b, np.float64) * len(chunk)
+        mean = total / len(x)
+        var = np.maximum(total_sq / len(x) - mean * mean, 0.0)
         gamma, beta, _, _ = layer.get_weights()
         layer.set_weights([gamma, beta, mean.astype(np.float32), var.astype(np.float32)])
         done += 1
