@@ -337,3 +337,37 @@ def test_bad_sources_raise_model_error(run, data, tmp_path):
         with pytest.raises(ModelError, match=message):
             export_onnx(source, tmp_path / "out.onnx", parity_faces=faces, log=lambda *_: None)
     assert not (tmp_path / "out.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------- recover
+
+
+def test_recover_rebuilds_the_keras_network_from_the_onnx_export(exported, run, data, quantized, tmp_path):
+    from fer_sdk.export.recover import main as recover_main
+    from fer_sdk.export.recover import recover_network
+
+    from fer_sdk.errors import ModelError
+
+    faces = data["cal"][0]
+    net, diff = recover_network(exported["path"], faces)
+    assert diff < 1e-4
+    original = _keras_model(run)
+    for name in ("block1_conv", "block2_conv", "fc1_dense", "probabilities"):
+        for a, b in zip(net.get_layer(name).get_weights(), original.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    # same function as the trained network, on faces the statistics were not measured on
+    x = _x(data["eval"][0])
+    np.testing.assert_allclose(net.predict(x, verbose=0), original.predict(x, verbose=0), atol=1e-4)
+    with pytest.raises(ModelError, match="fp32"):
+        recover_network(quantized["path"], faces)
+    with pytest.raises(ModelError, match="differs"):
+        recover_network(exported["path"], faces, max_diff=0.0)
+    out = tmp_path / "recovered.keras"
+    csv = tmp_path / "train.csv"
+    rows = ["emotion,pixels,Usage"] + [f"{y},{' '.join(map(str, f.ravel()))},Training" for f, y in zip(faces, data["cal"][1])]
+    csv.write_text("\n".join(rows) + "\n")
+    recover_main([str(exported["path"]), "--data", str(csv), "--out", str(out), "--faces", "300"])
+    import keras
+
+    again = keras.models.load_model(out, compile=False)
+    np.testing.assert_allclose(again.predict(x, verbose=0), original.predict(x, verbose=0), atol=1e-4)
