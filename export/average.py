@@ -42,7 +42,9 @@ def parse_epochs(spec: str) -> list[int]:
 
 
 def snapshot_paths(run: Path, epochs: list[int]) -> list[Path]:
-    paths = [run / "snapshots" / f"epoch_{e:03d}.keras" for e in epochs]
+    from .train import snapshot_path
+
+    paths = [snapshot_path(run, e) for e in epochs]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise FerSdkError(
@@ -110,12 +112,12 @@ def average_run(
     log=print,
 ) -> dict:
     """Average ``run``'s snapshots of ``epochs`` into the run folder ``out``; return its metrics."""
-    from .train import evaluate_run
+    from .train import TrainConfig, evaluate_run
 
     run, out = Path(run), Path(out)
-    source = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None
-    if source is None:
+    if not (run / "metrics.json").exists():
         raise FerSdkError(f"{run} has no metrics.json; average the snapshots of a finished run")
+    source = json.loads((run / "metrics.json").read_text())
     if (out / "metrics.json").exists():
         raise FerSdkError(f"{out} already holds a run; choose a new --out")
     t0 = time.perf_counter()
@@ -128,8 +130,6 @@ def average_run(
         net.save(tmp)
     config = {**source["config"], "init_from": None}
     atomic_write_json(out / "config.json", config)
-    from .train import TrainConfig
-
     cfg = TrainConfig(**{**config, "command": command or shlex.join(sys.argv)})
     state = {"best_epoch": epochs[-1], "epochs_done": 0, "wall_time_s": time.perf_counter() - t0, "history": []}
     metrics = evaluate_run(out, data, cfg, state)

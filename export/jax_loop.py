@@ -26,6 +26,7 @@ from .train import (
     class_weights,
     evaluate_run,
     lr_at,
+    snapshot_path,
     to_model_input,
 )
 
@@ -141,8 +142,9 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
             with atomic_path(out / "best.keras") as tmp:
                 net.save(tmp)
         if cfg.snapshots:
-            (out / "snapshots").mkdir(exist_ok=True)
-            with atomic_path(out / "snapshots" / f"epoch_{epoch + 1:03d}.keras") as tmp:
+            snapshot = snapshot_path(out, epoch + 1)
+            snapshot.parent.mkdir(exist_ok=True)
+            with atomic_path(snapshot) as tmp:
                 net.save(tmp)
         st["epochs_done"] = epoch + 1
         apply_time_budget(cfg, st, epoch, log)

@@ -195,19 +195,29 @@ def _compile(model, cfg: TrainConfig) -> None:
     )
 
 
+def snapshot_path(out: Path, epoch: int) -> Path:
+    """Where a run keeps the network after ``epoch`` (1-based) when trained with ``snapshots=True``."""
+    return Path(out) / "snapshots" / f"epoch_{epoch:03d}.keras"
+
+
+def _build_network(cfg: TrainConfig, policy: str):
+    """``cfg``'s network with the Keras dtype ``policy``; the global policy is left as it was."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # mixed policies keep float32 variables
+    try:
+        return build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def float32_network(net, cfg: TrainConfig):
     """``net`` itself when it computes in float32, else a float32 copy with its weights (mixed-precision
     training keeps float32 variables, so the copy is exact): saved and exported networks are float32."""
-    import keras
-
     if net.dtype_policy.name == "float32":
         return net
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        copy = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    copy = _build_network(cfg, "float32")
     copy.set_weights(net.get_weights())
     return copy
 
@@ -216,12 +226,7 @@ def build_training_model(cfg: TrainConfig):
     """The network wrapped with (training-only) augmentation; ``model.layers[-1]`` is the network."""
     import keras
 
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(cfg.precision)  # variables stay float32; layers compute in bfloat16
-    try:
-        net = build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    net = _build_network(cfg, cfg.precision)
     if cfg.init_from:
         source = keras.models.load_model(cfg.init_from)
         if source.count_params() != net.count_params():
@@ -305,15 +310,18 @@ class _RunCallback:
                 }
                 state["history"].append(record)
                 val_acc = float(logs.get("val_accuracy", float("nan")))
-                if val_acc > state["best_val_accuracy"]:
+                improved = val_acc > state["best_val_accuracy"]
+                net = float32_network(self.model.layers[-1], cfg) if improved or cfg.snapshots else None
+                if improved:
                     state["best_val_accuracy"] = val_acc
                     state["best_epoch"] = epoch + 1
                     with atomic_path(out / "best.keras") as tmp:
-                        float32_network(self.model.layers[-1], cfg).save(tmp)
+                        net.save(tmp)
                 if cfg.snapshots:
-                    (out / "snapshots").mkdir(exist_ok=True)
-                    with atomic_path(out / "snapshots" / f"epoch_{epoch + 1:03d}.keras") as tmp:
-                        float32_network(self.model.layers[-1], cfg).save(tmp)
+                    snapshot = snapshot_path(out, epoch + 1)
+                    snapshot.parent.mkdir(exist_ok=True)
+                    with atomic_path(snapshot) as tmp:
+                        net.save(tmp)
                 with atomic_path(out / "last.keras") as tmp:
                     self.model.save(tmp)
                 state["epochs_done"] = epoch + 1

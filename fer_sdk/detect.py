@@ -71,7 +71,7 @@ class HaarDetector(_ThreadLocalDetector):
     """OpenCV's frontal-face Haar cascade, shipped inside opencv-python 4.x (nothing is downloaded).
 
     Images whose longer side exceeds ``max_side`` are searched at that size (INTER_AREA) and the boxes
-    scaled back: on a 1920x1080 photo this is ~4x faster and cuts false positives on fine texture, at the
+    scaled back: on a 1920x1080 photo this was ~2x faster and dropped a false positive on fine texture, at the
     price of missing faces smaller than about ``30 * longer_side / max_side`` pixels. ``max_side=None``
     searches at full resolution. ``min_size`` is in pixels of the original image.
     """
