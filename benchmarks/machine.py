@@ -9,6 +9,8 @@ import platform
 import shlex
 import sys
 
+from fer_sdk.runtime import usable_cores
+
 #: Distributions whose versions every bench.json records (the first installed name of each group wins).
 _VERSIONS = {
     "fer_sdk": ("fer-sdk",),
@@ -34,14 +36,6 @@ _FLAGS = (
     "neon",
     "asimd",
 )
-
-
-def usable_cores() -> int:
-    """Logical CPUs this process may run on (CPU affinity / cgroup cpuset aware where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _cpuinfo() -> tuple[str | None, list[str]]:

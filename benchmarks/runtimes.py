@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fer_sdk.runtime import usable_cores
+
 from .catalog import BenchModel
-from .machine import usable_cores
 from .timing import calls_per_round, summarize
 from .workers import Worker, WorkerError
 

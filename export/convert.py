@@ -25,6 +25,7 @@ import numpy as np
 from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME
 from fer_sdk.errors import DependencyError, FerSdkError, InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes
+from fer_sdk.registry import sha256_file
 
 #: Parity needs enough faces to exercise every class and the batch path.
 MIN_PARITY_FACES = 256
@@ -159,14 +160,6 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _architecture_from_name(model) -> str:
     name = getattr(model, "name", "") or "unknown"
     return name.removeprefix("fer_")
@@ -187,7 +180,7 @@ def _load_source(source, keras):
         path = run / "best.keras"
         if not path.is_file():
             raise ModelError(
-                f"run folder {run} has no best.keras; train it first (python -m fer_sdk.export.train) "
+                f"run folder {run} has no best.keras; train it first (fer-sdk train --out RUN) "
                 "or pass the .keras file to export"
             )
         if (run / "metrics.json").is_file():
@@ -203,7 +196,7 @@ def _load_source(source, keras):
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # corrupt zip, unknown layers, ...: one error type with the file named
         raise ModelError(f"cannot load Keras model {path}: {exc}") from exc
-    return model, file_sha256(path), metrics, architecture, str(path)
+    return model, sha256_file(path), metrics, architecture, str(path)
 
 
 def _check_model_contract(model) -> None:
@@ -271,7 +264,7 @@ def onnx_metadata(model) -> dict:
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
-    raise ModelError(f"ONNX model has no {METADATA_KEY!r} metadata; export it with fer_sdk.export.convert")
+    raise ModelError(f"ONNX model has no {METADATA_KEY!r} metadata; export it with fer-sdk export")
 
 
 def set_metadata(model, meta: dict) -> None:

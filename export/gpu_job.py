@@ -95,6 +95,13 @@ def pack(work: Path, out: Path, part_mb: int = 15) -> list[Path]:
     return parts
 
 
+def worker_command(name: str, argv: list[str]) -> list[str]:
+    """The command line of one worker: this same module (``export.gpu_job`` in a checkout,
+    ``fer_sdk.export.gpu_job`` when installed) with the parent's arguments and ``--worker NAME``."""
+    module = __spec__.name if __spec__ is not None else "export.gpu_job"
+    return [sys.executable, "-m", module, "--worker", name] + [a for a in argv if not a.startswith("--worker")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pixels", required=True)
@@ -123,9 +130,7 @@ def main() -> None:
     for name in args.runs.split(","):
         (work / name).mkdir(parents=True, exist_ok=True)
         log = open(work / name / "train.log", "a")  # noqa: SIM115  (outlives this loop; closed after the worker exits)
-        cmd = [sys.executable, "-m", "export.gpu_job", "--worker", name] + [
-            a for a in sys.argv[1:] if not a.startswith("--worker")
-        ]
+        cmd = worker_command(name, sys.argv[1:])
         procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True), log)
     while any(p.poll() is None for p, _ in procs.values()) and time.time() < deadline:
@@ -145,6 +150,9 @@ def main() -> None:
         print(f"{name}: exit {p.returncode}", flush=True)
     parts = pack(work, out)
     print("packed", [f"{p.name} {p.stat().st_size}" for p in parts], flush=True)
+    failed = [name for name, (p, _) in procs.items() if p.returncode != 0]
+    if failed:
+        raise SystemExit(f"worker(s) {', '.join(failed)} failed: see {work}/<name>/train.log")
 
 
 if __name__ == "__main__":

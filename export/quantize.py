@@ -177,7 +177,7 @@ def quantize_int8(
         )
     fp32_path = Path(fp32_path)
     if not fp32_path.is_file():
-        raise ModelError(f"no such ONNX model: {fp32_path}; export it first with fer_sdk.export.convert")
+        raise ModelError(f"no such ONNX model: {fp32_path}; export it first with fer-sdk export")
     fp32_bytes = fp32_path.read_bytes()
     meta = onnx_metadata(onnx.load_from_string(fp32_bytes))
     if meta.get("precision") != "fp32":

@@ -10,13 +10,12 @@ evaluates both with ONNX Runtime on PublicTest, writes ``cards/<model>.{json,md,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "fer_sdk" / "models"
+from fer_sdk.registry import models_dir as bundled_models_dir
+from fer_sdk.registry import sha256_file
 
 KNOWN_LIMITS = [
     ("FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
@@ -29,14 +28,6 @@ KNOWN_LIMITS = [
     ("Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
     "about people."),
 ]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def reproduce_command(run_metrics: dict, out: str) -> str:
@@ -215,7 +206,7 @@ AUGMENT_TEXT = {
 }
 
 
-def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, default: str | None = None,
+def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, default: str | None = None,
          log=print) -> dict:
     from fer_sdk.classifier import Classifier
     from fer_sdk.data import load_split
@@ -223,6 +214,7 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path = MODELS_DIR, de
 
     from .pipeline import export_model
 
+    models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
     public = load_split(data, "PublicTest")
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
@@ -298,7 +290,7 @@ def main() -> None:
     ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
     args = ap.parse_args()
     if args.table:
-        print(models_table(json.loads((MODELS_DIR / "manifest.json").read_text())))
+        print(models_table(json.loads((bundled_models_dir() / "manifest.json").read_text())))
         return
     if not args.run or args.data is None:
         ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR (or --table)")

@@ -355,6 +355,15 @@ def apply_time_budget(cfg: TrainConfig, state: dict, epoch: int, log) -> None:
         log(f"time budget: schedule shortened to {state['planned_epochs']} epochs")
 
 
+def resumed_epochs(out: str | os.PathLike) -> int | None:
+    """The epoch count the run in ``out`` asked for (None when there is no run): ``--resume`` without
+    ``--epochs`` keeps the run's schedule instead of switching to the architecture's default."""
+    state_file = Path(out) / "state.json"
+    if not state_file.is_file():
+        return None
+    return json.loads(state_file.read_text()).get("requested_epochs")
+
+
 def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
     saved = json.loads((out / "config.json").read_text())
     ignore = {"command", "time_budget_s", "epochs", "snapshots"}

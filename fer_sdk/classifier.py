@@ -20,7 +20,7 @@ import numpy as np
 from . import registry
 from .constants import EMOTIONS
 from .detect import get_detector
-from .errors import InvalidInputError, ModelError
+from .errors import InvalidInputError, ModelError, positive_int
 from .images import load_image
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
 from .registry import ModelSpec
@@ -30,6 +30,7 @@ from .runtime import (
     import_onnxruntime,
     read_metadata,
     session_source,
+    usable_cores,
 )
 
 _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
@@ -52,12 +53,6 @@ class Face:
             "score": float(self.score),
             "emotions": {k: float(v) for k, v in self.emotions.items()},
         }
-
-
-def _positive_int(name: str, value: Any, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"{name}={value!r} must be a positive integer (e.g. {name}={example})")
-    return int(value)
 
 
 class Classifier:
@@ -93,7 +88,7 @@ class Classifier:
         max_pixels: int | None = None,
     ) -> None:
         import_onnxruntime()  # DependencyError with the pip command before anything else
-        self._batch_size = _positive_int("batch_size", batch_size, "64")
+        self._batch_size = positive_int("batch_size", batch_size, "64")
         self._threads = check_threads(threads)
         if not isinstance(flip_tta, (bool, np.bool_)):
             raise InvalidInputError(f"flip_tta={flip_tta!r} must be True or False")
@@ -108,7 +103,7 @@ class Classifier:
             )
         self._face_margin = float(face_margin)
         if max_pixels is not None:
-            max_pixels = _positive_int("max_pixels", max_pixels, "40_000_000")
+            max_pixels = positive_int("max_pixels", max_pixels, "40_000_000")
         self._max_pixels = max_pixels
 
         if session is None:
@@ -307,8 +302,8 @@ class Classifier:
             )
         images = list(images)
         if workers is None:
-            workers = os.cpu_count() or 1
-        workers = _positive_int("workers", workers, "4")
+            workers = usable_cores()
+        workers = positive_int("workers", workers, "4")
         if not images:
             return []
         workers = min(workers, len(images))

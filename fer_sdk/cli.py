@@ -262,7 +262,7 @@ def train(
     arch: Annotated[Arch, typer.Option(help="Which CNN to train.")],
     data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv / .csv.gz) or image-folder release.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints every epoch, metrics.json at the end.")] = Path("runs/latest"),
-    epochs: Annotated[int | None, typer.Option(min=1, help="Default: 60 shallow, 120 deep.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Default: 60 shallow, 120 deep; with --resume, the run's.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.01 sgd, 0.001 adamw).")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="SGD with Nesterov momentum, or AdamW.")] = Optimizer.sgd,
@@ -296,8 +296,11 @@ def train(
     """Train a CNN on FER2013 (GPU when the Keras backend sees one, CPU otherwise)."""
     with _errors():
         _require_train_extra()
-        from .export.train import TrainConfig, load_splits
+        from .export.train import TrainConfig, load_splits, resumed_epochs
         from .export.train import train as run_training
+
+        if resume and epochs is None:
+            epochs = resumed_epochs(out)  # keep the run's schedule, not the architecture's default
 
         cfg = TrainConfig(
             arch=arch.value, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr,
@@ -324,7 +327,9 @@ def export(
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration faces (FER2013 CSV / folder); default: --data Training.")
     ] = None,
-    calibration_size: Annotated[int, typer.Option(min=1, help="Faces used to calibrate INT8 (>= 500).")] = 1000,
+    calibration_size: Annotated[
+        int | None, typer.Option(min=1, help="Training faces that calibrate INT8 (>= 500; default 1000). Needs --int8.")
+    ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
 ) -> None:
     """Convert a trained Keras model to ONNX with tf2onnx (parity-checked), optionally quantize to INT8."""

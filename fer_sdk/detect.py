@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from .errors import DependencyError, InvalidInputError, ModelError
+from .errors import DependencyError, InvalidInputError, ModelError, positive_int
 from .images import as_image
 
 Box = tuple[int, int, int, int]
@@ -168,8 +168,7 @@ class YuNetDetector(_ThreadLocalDetector):
         for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
             if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
                 raise InvalidInputError(f"YuNetDetector: {name} must be a number in [0, 1], got {value!r}.")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InvalidInputError(f"YuNetDetector: top_k must be a positive int, got {top_k!r}.")
+        top_k = positive_int("top_k", top_k, "5000", owner="YuNetDetector")
         if not hasattr(cv2, "FaceDetectorYN"):
             raise DependencyError(f"this OpenCV build has no cv2.FaceDetectorYN. {_OPENCV_FIX}")
         path = Path(model_path)

@@ -6,6 +6,9 @@ exits with the code in ``exit_code`` (documented in the README).
 
 from __future__ import annotations
 
+from numbers import Integral
+from typing import Any
+
 
 class FerSdkError(Exception):
     """Base of every error the SDK raises on purpose."""
@@ -41,3 +44,18 @@ class DependencyError(FerSdkError, ImportError):
     """An optional dependency is missing; the message gives the exact ``pip install`` to run."""
 
     exit_code = 6
+
+
+def positive_int(name: str, value: Any, example: str, *, none_means: str | None = None, owner: str = "") -> int | None:
+    """``value`` as an ``int`` >= 1 (Python or NumPy integer, not bool), else ``InvalidInputError``.
+
+    With ``none_means``, ``None`` is accepted (returned as is) and the message says what it stands for;
+    ``owner`` (e.g. ``"YuNetDetector"``) prefixes the message.
+    """
+    if value is None and none_means is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        alt = f" or None for {none_means}" if none_means is not None else ""
+        prefix = f"{owner}: " if owner else ""
+        raise InvalidInputError(f"{prefix}{name}={value!r} must be a positive integer{alt} (e.g. {name}={example})")
+    return int(value)

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InvalidImageError, InvalidInputError
+from .errors import InvalidImageError, InvalidInputError, positive_int
 
 #: Largest image (width * height) ``load_image`` decodes unless told otherwise.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -251,11 +251,7 @@ def _check_limit(source: str, width: int, height: int, limit: int, *, before_dec
 def _check_max_pixels(max_pixels) -> int:
     if max_pixels is None:
         return DEFAULT_MAX_PIXELS
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise InvalidInputError(
-            f"max_pixels: got {max_pixels!r}; pass a positive int (or None for the default)."
-        )
-    return int(max_pixels)
+    return positive_int("max_pixels", max_pixels, "40_000_000")
 
 
 def _read_file(src) -> tuple[Path, bytes]:

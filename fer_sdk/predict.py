@@ -62,6 +62,25 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return photos, videos, missing
 
 
+def analyze_each(classifier, images: list, *, workers: int | None = None) -> list[tuple[list, str | None]]:
+    """``(faces, None)`` per image, or ``([], error)`` for an image the classifier rejects.
+
+    The images are analyzed together (shared inference batches); when that raises (e.g. a custom detector
+    failing on one photo), each image is redone alone so one bad photo does not fail the others.
+    """
+    try:
+        return [(faces, None) for faces in classifier.analyze_many(images, workers=workers)]
+    except FerSdkError:
+        pass
+    out: list[tuple[list, str | None]] = []
+    for image in images:
+        try:
+            out.append((classifier.analyze(image), None))
+        except FerSdkError as exc:
+            out.append(([], str(exc)))
+    return out
+
+
 def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False, progress=None) -> Iterator[PhotoResult]:
     """Analyze photos in chunks (faces of a chunk share inference batches); bad files become error results."""
     from .images import load_image
@@ -76,18 +95,11 @@ def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False,
             except FerSdkError as exc:
                 results.append(PhotoResult(str(path), error=str(exc)))
         good = [r for r in results if r.error is None]
-        try:
-            analyzed = classifier.analyze_many(images)
-        except FerSdkError:  # e.g. a custom detector failing on one photo: redo the chunk photo by photo
-            analyzed = []
-            for result, image in zip(good, images):
-                try:
-                    analyzed.append(classifier.analyze(image))
-                except FerSdkError as exc:
-                    result.error = f"{result.source}: {exc}"
-                    analyzed.append([])
-        for result, image, faces in zip(good, images, analyzed):
+        analyzed = analyze_each(classifier, images)
+        for result, image, (faces, error) in zip(good, images, analyzed):
             result.faces = faces
+            if error is not None:
+                result.error = f"{result.source}: {error}"
             if keep_images and result.error is None:
                 result.image = image
         for result in results:
@@ -115,13 +127,22 @@ def annotate_image(image: np.ndarray, faces) -> np.ndarray:
 
 
 def unique_path(target: Path, taken: set[Path]) -> Path:
-    """``target``, or ``name-2.ext``, ``name-3.ext``... when an earlier output of this run took the name."""
+    """``target``, or ``name-2.ext``, ``name-3.ext``... when the name is taken.
+
+    ``taken`` holds resolved paths: this run's earlier outputs and its inputs (see :func:`reserved_paths`),
+    so an annotated copy never overwrites another output or a photo it was made from.
+    """
     candidate, n = target, 1
-    while candidate in taken:
+    while candidate.resolve() in taken:
         n += 1
         candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
-    taken.add(candidate)
+    taken.add(candidate.resolve())
     return candidate
+
+
+def reserved_paths(*inputs: Iterable[Path]) -> set[Path]:
+    """The resolved input paths, which :func:`unique_path` must never hand out as an output."""
+    return {Path(p).resolve() for group in inputs for p in group}
 
 
 def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None = None) -> Path:
@@ -217,11 +238,12 @@ def run_predict(
             "photo vs one row per video frame face): run photos and videos separately"
         )
     clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, flip_tta=flip_tta)
+    taken = reserved_paths(photos, videos)  # annotated copies never overwrite an input
     if videos:
         from .video import predict_videos
 
         failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt="json" if fmt == "json" else "csv",
-                                       output=output, annotate=annotate)
+                                       output=output, annotate=annotate, taken=taken)
         if not photos:
             for missing in results:
                 print(f"fer-sdk: error: {missing.error}", file=sys.stderr)
@@ -233,7 +255,6 @@ def run_predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     show = len(photos) > 1
-    taken: set[Path] = set()
     with Progress(
         TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True, disable=not show,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DependencyError, FerSdkError, InvalidImageError, InvalidInputError
+from .predict import analyze_each
 
 _INSTALL_HINT = 'pip install "fer-sdk[ray]"'
 #: Columns ``FerPredictor`` writes; every other input column except ``bytes`` is passed through.
@@ -132,8 +133,10 @@ class FerPredictor:
             except FerSdkError as exc:
                 errors[i] = str(exc)
         faces: list[list] = [[] for _ in range(n)]
-        for i, found in zip(good, self.classifier.analyze_many(images, workers=self._workers)):
+        for i, (found, error) in zip(good, analyze_each(self.classifier, images, workers=self._workers)):
             faces[i] = found
+            if error is not None:
+                errors[i] = f"{paths[i] or 'image bytes'}: {error}"
         out = {k: v for k, v in batch.items() if k != "bytes" and k not in RESULT_COLUMNS}
         out["path"] = np.array(paths, dtype=object)
         out["n_faces"] = np.array([len(f) for f in faces], dtype=np.int32)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME
-from .errors import DependencyError, InvalidInputError, ModelError
+from .errors import DependencyError, InvalidInputError, ModelError, positive_int
 
 logger = logging.getLogger("fer_sdk")
 
@@ -98,14 +98,16 @@ def _is_single(providers: Any) -> bool:
     return len(providers) == 2 and isinstance(providers[0], str) and isinstance(providers[1], dict)
 
 
+def usable_cores() -> int:
+    """Logical CPUs this process may run on (CPU affinity / cgroup cpuset aware where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def check_threads(threads: Any) -> int | None:
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InvalidInputError(
-            f"threads={threads!r} must be a positive integer or None for ONNX Runtime's default (e.g. threads=4)"
-        )
-    return threads
+    return positive_int("threads", threads, "4", none_means="ONNX Runtime's default")
 
 
 def _source_name(path_or_bytes: Any) -> str:

@@ -88,14 +88,21 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
 
 
 def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float | None = None,
-                   fmt: str = "csv", output: Path | None = None, annotate: Path | None = None) -> int:
-    """Classify the faces of every video; returns how many videos failed (each reported on stderr)."""
+                   fmt: str = "csv", output: Path | None = None, annotate: Path | None = None,
+                   taken: set[Path] | None = None) -> int:
+    """Classify the faces of every video; returns how many videos failed (each reported on stderr).
+
+    ``taken``: resolved paths annotated videos must not take (the inputs, earlier outputs); two videos with
+    the same name in different folders get ``clip.annotated.mp4`` and ``clip.annotated-2.mp4``.
+    """
     import cv2
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     failed = 0
     json_lines = fmt == "json"
+    if taken is None:
+        taken = {p.resolve() for p in videos}
     with ExitStack() as stack:
         if output is not None:
             tmp = stack.enter_context(atomic_path(output))
@@ -120,9 +127,9 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
                 with ExitStack() as per_video:
                     on_annotated = None
                     if annotate is not None:
-                        from .predict import annotate_image
+                        from .predict import annotate_image, unique_path
 
-                        target = Path(annotate) / f"{path.stem}.annotated.mp4"
+                        target = unique_path(Path(annotate) / f"{path.stem}.annotated.mp4", taken)
                         vtmp = per_video.enter_context(atomic_path(target))
                         step = frame_step(native, every, fps)
                         out_video = cv2.VideoWriter(str(vtmp), cv2.VideoWriter_fourcc(*"mp4v"),

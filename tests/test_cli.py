@@ -437,6 +437,15 @@ def test_export_fp32_and_int8_load_in_the_classifier(trained_run, small_csv, tmp
 
 
 @pytest.mark.train
+def test_export_refuses_calibration_options_without_int8(trained_run, small_csv, tmp_path):
+    run, _ = trained_run
+    result = invoke("export", run, "--out", tmp_path / "m.onnx", "--data", small_csv, "--calibration-size", "2000")
+    assert result.exit_code == 2, result.output
+    assert_one_line_error(result, "--int8", "--calibration-size")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.train
 def test_export_refuses_too_small_calibration(trained_run, small_csv, tmp_path):
     run, _ = trained_run
     result = invoke("export", run, "--out", tmp_path / "m.onnx", "--data", small_csv, "--int8",
@@ -457,6 +466,18 @@ def test_annotate_keeps_same_named_photos_apart(tiny, samples_dir, tmp_path):
     result = invoke("predict", tmp_path / "in", "--model", tiny, "--annotate", tmp_path / "ann", "--json")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["photo-2.jpg", "photo.jpg"]
+
+
+def test_annotate_into_the_input_folder_never_overwrites_an_input(tiny, samples_dir, tmp_path):
+    photo = tmp_path / "astronaut.jpg"
+    shutil.copy(samples_dir / "astronaut.jpg", photo)
+    before = photo.read_bytes()
+    result = invoke("predict", tmp_path, "--model", tiny, "--annotate", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert photo.read_bytes() == before  # the input photo is untouched
+    annotated = tmp_path / "astronaut-2.jpg"
+    assert annotated.is_file() and annotated.read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut-2.jpg", "astronaut.jpg"]
 
 
 def test_photos_and_videos_in_one_run_are_refused(tiny, samples_dir, tmp_path):

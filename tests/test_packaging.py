@@ -66,3 +66,21 @@ def test_malformed_metadata_is_a_model_error(make_onnx, tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match="m.onnx"):
         Classifier(path)
+
+
+def test_gpu_job_workers_start_under_the_installed_module_name(tmp_path):
+    """Run from outside the checkout as ``python -m fer_sdk.export.gpu_job``: each worker must find its own
+    module (it used to spawn ``-m export.gpu_job``, which only resolves at the repository root), and a
+    failed worker must fail the job instead of packing an empty result with exit 0."""
+    import os
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_sdk.export.gpu_job", "--runs", "shallow", "--pixels", "absent.xz",
+         "--labels", "absent.npz", "--out", "out", "--work", "work", "--budget", "1", "--deadline", "120"],
+        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    log = (tmp_path / "work" / "shallow" / "train.log").read_text()
+    assert "No module named" not in log, log
+    assert "FileNotFoundError" in log and "absent." in log  # the worker ran this module and reached its data
+    assert result.returncode != 0 and "shallow failed" in result.stderr, result.stderr

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from fer_sdk import Classifier
 from fer_sdk.cli import PARTIAL_FAILURE_EXIT, app
+from fer_sdk.errors import InvalidInputError
 from fer_sdk.images import load_image
 from fer_sdk.ray_batch import RESULT_COLUMNS, FerPredictor
 
@@ -140,8 +141,30 @@ def test_predictor_batch_without_ray(photos, expected):
     rows = [dict(zip(out, values)) for values in zip(*out.values())]
     assert_rows_match(rows, {p: expected[p] for p in paths[:5]}, [paths[5]])
     assert "cannot be decoded" in rows[5]["error"]
-    with pytest.raises(Exception, match="needs a 'bytes' or 'path' column"):
+    with pytest.raises(InvalidInputError, match="needs a 'bytes' or 'path' column"):
         pred({"id": np.arange(2)})
+
+
+def test_predictor_isolates_a_photo_the_detector_fails_on(photos):
+    """A custom detector raising on one photo makes that row an error; the rest of the batch is classified."""
+    _, good, _ = photos
+    bad_shape = load_image(good[2]).shape[:2]
+
+    def detector(image):
+        if image.shape[:2] == bad_shape:
+            return [(0, 0, -5, 10)]  # a negative width: normalize_boxes raises InvalidInputError
+        return [(0, 0, image.shape[1], image.shape[0])]
+
+    paths = [str(p) for p in good[:4]]
+    assert sum(load_image(p).shape[:2] == bad_shape for p in paths) == 1
+    out = FerPredictor(MODEL, batch_size=8, detector=detector)({"path": np.array(paths, dtype=object)})
+    errors = out["error"].tolist()
+    assert errors[2].startswith(paths[2]) and "detector" in errors[2], errors[2]
+    assert [e for i, e in enumerate(errors) if i != 2] == ["", "", ""]
+    assert out["n_faces"].tolist() == [1, 1, 0, 1]
+    clf = Classifier(MODEL, detector=detector)
+    for i in (0, 1, 3):
+        assert_same_faces(json.loads(out["faces"][i]), [f.to_dict() for f in clf.analyze(load_image(paths[i]))], paths[i])
 
 
 def test_missing_ray_says_what_to_install(tmp_path):

@@ -158,6 +158,16 @@ def test_bad_threads(tiny_models, bad):
         runtime.create_session(tiny_models.fp32, threads=bad)
 
 
+def test_numpy_integer_options_are_accepted_like_ints(tiny_models):
+    """batch_size, threads and max_pixels share one check: a NumPy integer is as good as an int."""
+    from fer_sdk import Classifier
+
+    clf = Classifier(tiny_models.fp32, batch_size=np.int64(8), threads=np.int32(1), max_pixels=np.int64(10**6))
+    assert clf.predict_proba(np.zeros((2, 48, 48), np.uint8)).shape == (2, len(EMOTIONS))
+    session = runtime.create_session(tiny_models.fp32, threads=np.int64(2))
+    assert session.get_session_options().intra_op_num_threads == 2
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ModelError, match="nope.onnx"):
         runtime.create_session(tmp_path / "nope.onnx")

@@ -306,7 +306,9 @@ def test_resume_after_sigkill_loses_no_epoch(tmp_path):
     leftovers = [p.name for p in run.iterdir() if ".tmp" in p.name]
     assert len(leftovers) <= 1 and all(name.startswith(".") for name in leftovers)
 
-    result = CliRunner().invoke(app, [*args, "--resume"])
+    # Resumed without --epochs: the run's 3 epochs, not the architecture's default of 60.
+    without_epochs = [a for a in args if a not in ("--epochs", "3")]
+    result = CliRunner().invoke(app, [*without_epochs, "--resume"])
     assert result.exit_code == 0, result.output
     assert "resuming" in result.stderr and "after epoch 1" in result.stderr
     assert "epoch 1/3" not in result.stderr and "epoch 2/3" in result.stderr and "epoch 3/3" in result.stderr

@@ -83,6 +83,21 @@ def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path
     assert parsed and list(parsed[0]) == ROW_FIELDS
 
 
+def test_same_named_videos_get_separate_annotated_copies(clip, tiny_models, tmp_path):
+    import shutil
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(clip, tmp_path / sub / "clip.mp4")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--model",
+                                      str(tiny_models.fp32), "--csv", "--every", "4", "--annotate", str(tmp_path / "ann")])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "ann").iterdir())
+    assert written == ["clip.annotated-2.mp4", "clip.annotated.mp4"]
+    for name in written:
+        assert cv2.VideoCapture(str(tmp_path / "ann" / name)).get(cv2.CAP_PROP_FRAME_COUNT) == 3
+
+
 def test_unreadable_video_is_reported_not_raised(tmp_path, tiny_models):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
