@@ -16,7 +16,7 @@ import numpy as np
 
 from fer_sdk.constants import EMOTIONS
 from fer_sdk.errors import FerSdkError
-from fer_sdk.io import atomic_path, atomic_write_json
+from fer_sdk.io import atomic_write_json
 
 from .train import (
     Splits,
@@ -26,7 +26,7 @@ from .train import (
     class_weights,
     evaluate_run,
     lr_at,
-    snapshot_path,
+    save_epoch_network,
     to_model_input,
 )
 
@@ -139,13 +139,7 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
                 v.assign(val)
         if improved:
             st["best_val_accuracy"], st["best_epoch"] = val_acc, epoch + 1
-            with atomic_path(out / "best.keras") as tmp:
-                net.save(tmp)
-        if cfg.snapshots:
-            snapshot = snapshot_path(out, epoch + 1)
-            snapshot.parent.mkdir(exist_ok=True)
-            with atomic_path(snapshot) as tmp:
-                net.save(tmp)
+        save_epoch_network(net, out, epoch + 1, best=improved, snapshot=cfg.snapshots)
         st["epochs_done"] = epoch + 1
         apply_time_budget(cfg, st, epoch, log)
         atomic_write_json(out / "state.json", st)

@@ -200,6 +200,15 @@ def snapshot_path(out: Path, epoch: int) -> Path:
     return Path(out) / "snapshots" / f"epoch_{epoch:03d}.keras"
 
 
+def save_epoch_network(net, out: Path, epoch: int, *, best: bool, snapshot: bool) -> None:
+    """Write ``net`` as ``best.keras`` (when ``epoch`` improved) and as its snapshot, each atomically."""
+    targets = ([Path(out) / "best.keras"] if best else []) + ([snapshot_path(out, epoch)] if snapshot else [])
+    for target in targets:
+        target.parent.mkdir(exist_ok=True)
+        with atomic_path(target) as tmp:
+            net.save(tmp)
+
+
 def _build_network(cfg: TrainConfig, policy: str):
     """``cfg``'s network with the Keras dtype ``policy``; the global policy is left as it was."""
     import keras
@@ -315,13 +324,7 @@ class _RunCallback:
                 if improved:
                     state["best_val_accuracy"] = val_acc
                     state["best_epoch"] = epoch + 1
-                    with atomic_path(out / "best.keras") as tmp:
-                        net.save(tmp)
-                if cfg.snapshots:
-                    snapshot = snapshot_path(out, epoch + 1)
-                    snapshot.parent.mkdir(exist_ok=True)
-                    with atomic_path(snapshot) as tmp:
-                        net.save(tmp)
+                save_epoch_network(net, out, epoch + 1, best=improved, snapshot=cfg.snapshots)
                 with atomic_path(out / "last.keras") as tmp:
                     self.model.save(tmp)
                 state["epochs_done"] = epoch + 1
