@@ -99,10 +99,12 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .predict import annotate_image, reserved_paths, unique_path
+
     failed = 0
     json_lines = fmt == "json"
     if taken is None:
-        taken = {p.resolve() for p in videos}
+        taken = reserved_paths(videos)
     with ExitStack() as stack:
         if output is not None:
             tmp = stack.enter_context(atomic_path(output))
@@ -127,8 +129,6 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
                 with ExitStack() as per_video:
                     on_annotated = None
                     if annotate is not None:
-                        from .predict import annotate_image, unique_path
-
                         target = unique_path(Path(annotate) / f"{path.stem}.annotated.mp4", taken)
                         vtmp = per_video.enter_context(atomic_path(target))
                         step = frame_step(native, every, fps)
