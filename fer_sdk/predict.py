@@ -146,11 +146,18 @@ def reserved_paths(*inputs: Iterable[Path]) -> set[Path]:
 
 
 def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None = None) -> Path:
+    """Write ``result``'s photo with its boxes and labels into ``folder``; return the path written.
+
+    ``taken`` is the run's set of reserved paths (inputs and earlier outputs). Without one, the photo's
+    own source is reserved, so annotating into the photo's folder writes ``name-2.ext`` beside it.
+    """
     import cv2
 
     target = folder / Path(result.source).name
     ext = target.suffix.lower() if target.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
-    target = unique_path(target.with_suffix(ext), taken if taken is not None else set())
+    if taken is None:
+        taken = reserved_paths([Path(result.source)])
+    target = unique_path(target.with_suffix(ext), taken)
     ok, buf = cv2.imencode(ext, annotate_image(result.image, result.faces))
     if not ok:
         raise FerSdkError(f"could not encode the annotated copy of {result.source}")

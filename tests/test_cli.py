@@ -480,6 +480,23 @@ def test_annotate_into_the_input_folder_never_overwrites_an_input(tiny, samples_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut-2.jpg", "astronaut.jpg"]
 
 
+def test_write_annotated_without_a_run_never_overwrites_its_own_photo(samples_dir, tmp_path):
+    # library use: write_annotated called on its own, with no run-wide set of reserved paths
+    import cv2
+
+    from fer_sdk.predict import PhotoResult, write_annotated
+
+    photo = tmp_path / "astronaut.jpg"
+    shutil.copy(samples_dir / "astronaut.jpg", photo)
+    before = photo.read_bytes()
+    result = PhotoResult(source=str(photo), image=cv2.imread(str(photo)))
+    written = write_annotated(result, tmp_path)
+    assert photo.read_bytes() == before
+    assert written == tmp_path / "astronaut-2.jpg" and written.is_file()
+    (tmp_path / "out").mkdir()
+    assert write_annotated(result, tmp_path / "out") == tmp_path / "out" / "astronaut.jpg"  # elsewhere: same name
+
+
 def test_photos_and_videos_in_one_run_are_refused(tiny, samples_dir, tmp_path):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")  # refused before anything is decoded
