@@ -89,11 +89,15 @@ def decode_image(data: bytes, *, source: str = "image bytes", max_pixels: int | 
         raise InvalidImageError(f"{source}: the decoded float image holds NaN or infinity values.")
     if image.dtype.kind == "f":  # EXR / HDR / PFM: clip to the displayable [0, 1] range
         image = np.clip(image, 0.0, 1.0)
-    return as_image(image, what=source)
+    return as_image(image, what=source, decoded=True)
 
 
-def as_image(array: np.ndarray, *, what: str = "array") -> np.ndarray:
-    """Validate an image array and return it as uint8 gray ``(H, W)`` or BGR ``(H, W, 3)``."""
+def as_image(array: np.ndarray, *, what: str = "array", decoded: bool = False) -> np.ndarray:
+    """Validate an image array and return it as uint8 gray ``(H, W)`` or BGR ``(H, W, 3)``.
+
+    ``decoded``: the array came from decoding a file, so a dark 16-bit image is not mistaken for 8-bit
+    pixels stored as uint16 (see :func:`pixel_values`).
+    """
     if not isinstance(array, np.ndarray):
         raise InvalidInputError(f"{what}: expected a numpy array, got {type(array).__name__}.")
     shape = array.shape
@@ -108,25 +112,34 @@ def as_image(array: np.ndarray, *, what: str = "array") -> np.ndarray:
         raise InvalidInputError(
             f"{what}: got an empty image of shape {shape}; width and height must be >= 1."
         )
-    array = pixel_values(array, what=what)
+    array = pixel_values(array, what=what, decoded=decoded)
     if array.ndim == 3 and array.shape[2] == 4:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
     return array
 
 
-def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = False) -> np.ndarray:
+def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = False,
+                 decoded: bool = False) -> np.ndarray:
     """Check an array's dtype and values; return uint8 pixels (or float32 pixels when ``keep_float``).
 
     uint8 passes through; uint16 is scaled by 1/257 (16-bit -> 8-bit, rounded); other integer dtypes
     must hold values in 0..255; floats must be finite and in [0, 1] and mean ``pixel / 255``: they
     become ``round(value * 255)`` as uint8, or ``value * 255`` as float32 when ``keep_float`` is true.
-    bool, complex, object and string arrays raise ``InvalidInputError``.
+    bool, complex, object and string arrays raise ``InvalidInputError``. A uint16 array passed in (not
+    ``decoded`` from a file) whose values all lie in 1..255 is refused as ambiguous: it is almost always
+    8-bit pixels stored as uint16, which read as 16-bit would be a near-black image.
     """
     dtype = array.dtype
     if dtype == np.uint8:
         return array
     desc = f"{what}: got dtype {dtype} with shape {array.shape}"
     if dtype == np.uint16:
+        if not decoded and array.size and 0 < int(array.max()) <= 255:
+            raise InvalidInputError(
+                f"{desc} and values in [{array.min()}, {array.max()}]: uint16 arrays are read as 16-bit "
+                "(0..65535), so these would be a near-black image. Fix: if they are 8-bit pixels, cast with "
+                ".astype(np.uint8); if they are 16-bit, pass them unchanged with their full 0..65535 range."
+            )
         return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if dtype.kind in "iu":
         if array.size and (array.min() < 0 or array.max() > 255):

@@ -170,8 +170,9 @@ CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS,
 
 
 def csv_rows(result: PhotoResult) -> Iterator[list]:
-    if result.error is not None:
-        yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), result.error]
+    """One row per face; a photo with no face or an error still gets one row (empty face fields)."""
+    if result.error is not None or not result.faces:
+        yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), result.error or ""]
         return
     for i, face in enumerate(result.faces):
         yield [result.source, i, *face.box, face.emotion, f"{face.score:.6f}",

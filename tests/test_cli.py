@@ -164,6 +164,19 @@ def test_predict_csv_parses_with_header(tiny, samples_dir, library_faces):
         assert [int(row[k]) for k in "xywh"] == list(ref.box)
 
 
+def test_predict_csv_keeps_a_row_for_a_photo_without_faces(tiny, samples_dir, tmp_path):
+    import cv2
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))  # a real image with no face in it
+    result = invoke("predict", "--model", tiny, "--csv", blank, samples_dir / "astronaut.jpg")
+    assert result.exit_code == 0, result.output
+    rows = [dict(zip(CSV_HEADER, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
+    (empty,) = [r for r in rows if Path(r["file"]).name == "blank.png"]
+    assert empty["face"] == empty["emotion"] == empty["error"] == ""  # processed, no face, no error
+    assert [r["face"] for r in rows if Path(r["file"]).name == "astronaut.jpg"] == ["0"]
+
+
 def test_predict_annotate_writes_decodable_copies(tiny, samples_dir, tmp_path):
     import cv2
 

@@ -99,6 +99,16 @@ def test_16bit_png_becomes_8bit():
     assert out.tolist() == [[0, 100, 255], [0, 1, 255]]
 
 
+def test_uint16_array_holding_8bit_values_is_refused_but_a_dark_16bit_file_is_read():
+    eight_bit = np.array([[0, 100, 255]], np.uint16)  # 8-bit pixels stored as uint16: ambiguous
+    with pytest.raises(InvalidInputError, match=r"astype\(np.uint8\)") as info:
+        load_image(eight_bit)
+    assert "uint16" in str(info.value) and "[0, 255]" in str(info.value)
+    assert load_image(np.zeros((2, 2), np.uint16)).tolist() == [[0, 0], [0, 0]]  # all black: unambiguous
+    dark = np.array([[0, 200, 255]], np.uint16)  # a genuinely dark 16-bit PNG decodes as before
+    assert load_image(encode(".png", dark)).tolist() == [[0, 1, 1]]
+
+
 def test_rgba_png_drops_alpha():
     bgra = np.dstack([COLOR, np.linspace(0, 255, 37 * 53).reshape(37, 53).astype(np.uint8)])
     out = load_image(encode(".png", bgra))

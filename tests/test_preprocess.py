@@ -198,6 +198,7 @@ def test_custom_preprocessing():
         (np.full((48, 48), 255.0), r"\[0, 1\]"),
         (np.full((48, 48), -0.1, np.float32), r"\[0, 1\]"),
         (np.zeros((48, 0), np.uint8), "empty image"),
+        (FACES.astype(np.uint16), r"uint16.*astype\(np.uint8\)"),  # 8-bit values in a uint16 array
         ([FACES[0], None], r"faces\[1\]: got NoneType"),
         ([[0, 1], [2, 3]], r"faces\[0\]: got list"),
         (42, "int 42"),
