@@ -10,9 +10,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .config import ARCHITECTURES
+
 INPUT_SHAPE = (48, 48, 1)
 NUM_CLASSES = 7
-ARCHITECTURES = ("shallow", "deep")
 
 
 def _conv_block(x, filters: int, kernel: int, dropout: float, name: str):

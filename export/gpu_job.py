@@ -57,7 +57,8 @@ def worker(args) -> None:
     log = lambda m: print(f"[{args.worker}] {m}", flush=True)
     splits = Splits(x_tr, y_tr, x_va, y_va)
     if args.fit:
-        train(cfg, splits, Path(args.work) / args.worker, resume=True, log=log)
+        run = Path(args.work) / args.worker
+        train(cfg, splits, run, resume=(run / "config.json").is_file(), log=log)  # resume after a restart
     else:
         from .jax_loop import train_on_device
 

@@ -20,91 +20,28 @@ import json
 import math
 import os
 import platform
-import shlex
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fer_sdk.constants import EMOTIONS
-from fer_sdk.errors import DatasetError, FerSdkError
+from fer_sdk.errors import DatasetError, InvalidInputError
 from fer_sdk.io import atomic_path, atomic_write_json
 from fer_sdk.metrics import classification_report
 
-from .architectures import ARCHITECTURES, build
-
-#: Default recipe per architecture; every field can be overridden from the CLI.
-DEFAULT_EPOCHS = {"shallow": 60, "deep": 120}
-#: Training-time augmentation stacks, strongest first ("flip" = horizontal mirror only).
-AUGMENT_LEVELS = ("strong", "light", "flip")
-#: Keras dtype policies for training; saved networks are always float32.
-PRECISIONS = ("float32", "mixed_bfloat16")
-
-
-@dataclass
-class TrainConfig:
-    arch: str
-    epochs: int | None = None  # None: DEFAULT_EPOCHS[arch]
-    batch_size: int = 128
-    optimizer: str = "sgd"  # "sgd" (Nesterov momentum 0.9) or "adamw"
-    lr: float | None = None  # None: 0.01 for sgd, 1e-3 for adamw
-    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw (decoupled, Keras' convention)
-    warmup_epochs: int = 3
-    label_smoothing: float = 0.1
-    augment: bool = True
-    class_weighting: str = "sqrt"  # "none", "sqrt" (sqrt of inverse frequency) or "balanced"
-    dropout: float = 0.25
-    fc_dropout: float = 0.5
-    seed: int = 0
-    augment_level: str = "strong"  # "strong" (geometry + contrast + erasing), "light" (flip + small geometry), "flip"
-    init_from: str | None = None  # a .keras network whose weights start the run (fine-tuning)
-    time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
-    precision: str = "float32"  # or "mixed_bfloat16": ~2x faster on CPUs with AVX512-BF16 / AMX
-    snapshots: bool = False  # also keep the network of every epoch as snapshots/epoch_NNN.keras (for averaging)
-    command: str = field(default_factory=lambda: shlex.join(sys.argv))
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise FerSdkError(f"unknown architecture {self.arch!r}; use one of: {', '.join(ARCHITECTURES)}")
-        if self.epochs is None:
-            self.epochs = DEFAULT_EPOCHS[self.arch]
-        if self.optimizer not in ("sgd", "adamw"):
-            raise FerSdkError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
-        if self.lr is None:
-            self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
-        if self.weight_decay is None:
-            self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
-        if self.augment_level not in AUGMENT_LEVELS:
-            raise FerSdkError(
-                f"unknown augment level {self.augment_level!r}; use one of: {', '.join(AUGMENT_LEVELS)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise FerSdkError(f"unknown precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}")
-        if self.class_weighting not in ("none", "sqrt", "balanced"):
-            raise FerSdkError(
-                f"unknown class weighting {self.class_weighting!r}; use 'none', 'sqrt' or 'balanced'"
-            )
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FerSdkError(f"{name}={value!r} must be a positive integer (e.g. {name}=32)")
-        if not self.lr > 0:
-            raise FerSdkError(f"lr={self.lr!r} must be > 0 (e.g. lr=0.01)")
-        warmup = self.warmup_epochs
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise FerSdkError(f"warmup_epochs={warmup!r} must be an integer >= 0 (e.g. warmup_epochs=3)")
-        if not self.weight_decay >= 0:
-            raise FerSdkError(f"weight_decay={self.weight_decay!r} must be >= 0 (e.g. weight_decay=5e-4)")
-        for name, example in (("label_smoothing", 0.1), ("dropout", 0.25), ("fc_dropout", 0.5)):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise FerSdkError(f"{name}={value!r} must be in [0, 1) (e.g. {name}={example})")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise FerSdkError(
-                f"time_budget_s={self.time_budget_s!r} must be > 0 seconds (e.g. time_budget_s=3600)"
-            )
+from .architectures import build
+from .config import (  # noqa: F401  (re-exported: the recipe used to live here)
+    AUGMENT_LEVELS,
+    CLASS_WEIGHTINGS,
+    DEFAULT_EPOCHS,
+    OPTIMIZERS,
+    PRECISIONS,
+    TrainConfig,
+    require_run,
+    resumed_epochs,
+)
 
 
 @dataclass
@@ -239,7 +176,7 @@ def build_training_model(cfg: TrainConfig):
     if cfg.init_from:
         source = keras.models.load_model(cfg.init_from)
         if source.count_params() != net.count_params():
-            raise FerSdkError(f"--init-from {cfg.init_from} is not a {cfg.arch} network; pass a {cfg.arch} .keras")
+            raise InvalidInputError(f"--init-from {cfg.init_from} is not a {cfg.arch} network; pass a {cfg.arch} .keras")
         net.set_weights(source.get_weights())
     stack = [keras.Input((48, 48, 1), name="faces")]
     if cfg.augment:
@@ -358,15 +295,6 @@ def apply_time_budget(cfg: TrainConfig, state: dict, epoch: int, log) -> None:
         log(f"time budget: schedule shortened to {state['planned_epochs']} epochs")
 
 
-def resumed_epochs(out: str | os.PathLike) -> int | None:
-    """The epoch count the run in ``out`` asked for (None when there is no run): ``--resume`` without
-    ``--epochs`` keeps the run's schedule instead of switching to the architecture's default."""
-    state_file = Path(out) / "state.json"
-    if not state_file.is_file():
-        return None
-    return json.loads(state_file.read_text()).get("requested_epochs")
-
-
 def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
     saved = json.loads((out / "config.json").read_text())
     ignore = {"command", "time_budget_s", "epochs", "snapshots"}
@@ -377,7 +305,7 @@ def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
     }
     if diff:
         detail = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, (a, b) in diff.items())
-        raise FerSdkError(
+        raise InvalidInputError(
             f"cannot resume {out}: its recipe differs ({detail}); resume with the same options or use a new --out"
         )
     return cfg
@@ -388,8 +316,10 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
     import keras
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     state_file = out / "state.json"
+    if resume:
+        require_run(out)
+    out.mkdir(parents=True, exist_ok=True)
     if resume and state_file.exists() and (out / "last.keras").exists():
         cfg = _check_resume(out, cfg)
         state = json.loads(state_file.read_text())
@@ -400,7 +330,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         log(f"resuming {out} after epoch {state['epochs_done']} (best {state['best_val_accuracy']:.4f})")
     else:
         if not resume and state_file.exists():
-            raise FerSdkError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+            raise InvalidInputError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
         keras.utils.set_random_seed(cfg.seed)
         _enable_determinism()
         model = build_training_model(cfg)

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from .errors import DependencyError, FerSdkError
+from .export.config import ARCHITECTURES, AUGMENT_LEVELS, CLASS_WEIGHTINGS, OPTIMIZERS, PRECISIONS
 
 PARTIAL_FAILURE_EXIT = 8
 
@@ -72,31 +73,16 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
-class Arch(str, Enum):
-    shallow = "shallow"
-    deep = "deep"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum for Typer whose members are ``values``: the recipe's own tuples, so the CLI cannot drift."""
+    return Enum(name, [(v, v) for v in values], type=str)
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adamw = "adamw"
-
-
-class ClassWeighting(str, Enum):
-    none = "none"
-    sqrt = "sqrt"
-    balanced = "balanced"
-
-
-class Precision(str, Enum):
-    float32 = "float32"
-    mixed_bfloat16 = "mixed_bfloat16"
-
-
-class AugLevel(str, Enum):
-    strong = "strong"
-    light = "light"
-    flip = "flip"
+Arch = _choices("Arch", ARCHITECTURES)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+ClassWeighting = _choices("ClassWeighting", CLASS_WEIGHTINGS)
+Precision = _choices("Precision", PRECISIONS)
+AugLevel = _choices("AugLevel", AUGMENT_LEVELS)
 
 
 ModelOpt = Annotated[
@@ -164,7 +150,7 @@ def predict(
     with _errors():
         from .predict import run_predict
 
-        failed = run_predict(
+        outcome = run_predict(
             paths,
             model=model or _default_model(),
             fmt=fmt.value,
@@ -178,8 +164,12 @@ def predict(
             ray=ray,
             output=output,
         )
-    if failed:
-        _err(f"{failed} input(s) could not be processed (see above); the others were")
+    if outcome.all_failed:
+        _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")
+        raise typer.Exit(outcome.error_code)
+    if outcome.failed:
+        _err(f"{outcome.failed} input(s) could not be processed (each error is in the output or above); "
+             "the others were")
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 
@@ -295,14 +285,13 @@ def train(
 ) -> None:
     """Train a CNN on FER2013 (GPU when the Keras backend sees one, CPU otherwise)."""
     with _errors():
-        _require_train_extra()
-        from .export.train import TrainConfig, load_splits, resumed_epochs
-        from .export.train import train as run_training
+        from .export.config import TrainConfig, require_run, resumed_epochs
 
-        if resume and epochs is None:
-            epochs = resumed_epochs(out)  # keep the run's schedule, not the architecture's default
-
-        cfg = TrainConfig(
+        if resume:
+            require_run(out)
+            if epochs is None:
+                epochs = resumed_epochs(out)  # keep the run's schedule, not the architecture's default
+        cfg = TrainConfig(  # validates the recipe before TensorFlow is imported
             arch=arch.value, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr,
             weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
             class_weighting=(class_weighting or ClassWeighting.sqrt).value, augment=augment,
@@ -310,6 +299,10 @@ def train(
             init_from=str(init_from) if init_from else None, seed=seed, time_budget_s=time_budget,
             snapshots=snapshots, precision=(precision or Precision.float32).value,
         )
+        _require_train_extra()
+        from .export.train import load_splits
+        from .export.train import train as run_training
+
         run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
                      log=lambda m: typer.echo(m, err=True))
         typer.echo(str(out / "metrics.json"))

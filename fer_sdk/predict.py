@@ -33,6 +33,7 @@ class PhotoResult:
     faces: list = field(default_factory=list)
     error: str | None = None
     image: np.ndarray | None = None  # kept only while annotating
+    error_code: int = 0  # the failure's FerSdkError.exit_code (0: no error); not part of the output
 
     def to_dict(self) -> dict:
         out = {"file": self.source, "faces": [f.to_dict() for f in self.faces]}
@@ -52,18 +53,24 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            photos.extend(found)
-            videos.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))
+            files = [p for p in sorted(path.rglob("*")) if p.is_file() and not _hidden(p.relative_to(path))]
+            photos.extend(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+            videos.extend(p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS)
         elif path.is_file():
             (videos if path.suffix.lower() in VIDEO_EXTENSIONS else photos).append(path)
         else:
-            missing.append(PhotoResult(str(path), error=f"{path}: no such file or folder; check the path"))
+            missing.append(PhotoResult(str(path), error=f"{path}: no such file or folder; check the path",
+                                       error_code=InvalidInputError.exit_code))
     return photos, videos, missing
 
 
-def analyze_each(classifier, images: list, *, workers: int | None = None) -> list[tuple[list, str | None]]:
-    """``(faces, None)`` per image, or ``([], error)`` for an image the classifier rejects.
+def _hidden(relative: Path) -> bool:
+    """Dot files and dot folders (``.git``, macOS ``._photo.jpg`` sidecars) found inside a folder are skipped."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def analyze_each(classifier, images: list, *, workers: int | None = None) -> list[tuple[list, FerSdkError | None]]:
+    """``(faces, None)`` per image, or ``([], error)`` (the ``FerSdkError``) for an image the classifier rejects.
 
     The images are analyzed together (shared inference batches); when that raises (e.g. a custom detector
     failing on one photo), each image is redone alone so one bad photo does not fail the others.
@@ -72,12 +79,12 @@ def analyze_each(classifier, images: list, *, workers: int | None = None) -> lis
         return [(faces, None) for faces in classifier.analyze_many(images, workers=workers)]
     except FerSdkError:
         pass
-    out: list[tuple[list, str | None]] = []
+    out: list[tuple[list, FerSdkError | None]] = []
     for image in images:
         try:
             out.append((classifier.analyze(image), None))
         except FerSdkError as exc:
-            out.append(([], str(exc)))
+            out.append(([], exc))
     return out
 
 
@@ -93,13 +100,13 @@ def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False,
                 images.append(load_image(path, max_pixels=classifier.max_pixels))
                 results.append(PhotoResult(str(path)))
             except FerSdkError as exc:
-                results.append(PhotoResult(str(path), error=str(exc)))
+                results.append(PhotoResult(str(path), error=str(exc), error_code=exc.exit_code))
         good = [r for r in results if r.error is None]
         analyzed = analyze_each(classifier, images)
         for result, image, (faces, error) in zip(good, images, analyzed):
             result.faces = faces
             if error is not None:
-                result.error = f"{result.source}: {error}"
+                result.error, result.error_code = f"{result.source}: {error}", error.exit_code
             if keep_images and result.error is None:
                 result.image = image
         for result in results:
@@ -209,6 +216,24 @@ def render(results: list[PhotoResult], fmt: str) -> str:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a predict run processed: ``total`` inputs (None when unknown, e.g. on Ray), ``failed`` of them,
+    and ``error_code``: the failures' shared ``FerSdkError.exit_code`` (1 when they differ)."""
+
+    total: int | None
+    failed: int
+    error_code: int = FerSdkError.exit_code
+
+    @property
+    def all_failed(self) -> bool:
+        return self.failed > 0 and self.failed == self.total
+
+    @classmethod
+    def of(cls, total: int, codes: list[int]) -> RunOutcome:
+        return cls(total, len(codes), codes[0] if len(set(codes)) == 1 else FerSdkError.exit_code)
+
+
 def run_predict(
     paths,
     *,
@@ -223,8 +248,8 @@ def run_predict(
     fps: float | None = None,
     ray: str | None = None,
     output: Path | None = None,
-) -> int:
-    """Run the CLI's predict; returns how many inputs failed (0: all processed)."""
+) -> RunOutcome:
+    """Run the CLI's predict; returns how many inputs it processed and how many failed."""
     from .classifier import Classifier
 
     if ray is not None:
@@ -232,8 +257,9 @@ def run_predict(
             raise InvalidInputError("--annotate does not work with --ray (results go to Parquet); drop one of them")
         from .ray_batch import run_ray_predict
 
-        return run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
-                               providers=providers, detector=detector, flip_tta=flip_tta)
+        failed = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
+                                 providers=providers, detector=detector, flip_tta=flip_tta)
+        return RunOutcome(None, failed)
     from .video import frame_step
 
     frame_step(25.0, every, fps)  # validates --every / --fps before any work
@@ -255,9 +281,9 @@ def run_predict(
         if not photos:
             for missing in results:
                 print(f"fer-sdk: error: {missing.error}", file=sys.stderr)
-            return failed_videos + len(results)
+            return RunOutcome.of(len(videos) + len(results), failed_videos + [r.error_code for r in results])
     else:
-        failed_videos = 0
+        failed_videos = []
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -279,4 +305,5 @@ def run_predict(
         atomic_write_text(output, text)
     else:
         print(text, end="")
-    return failed_videos + sum(r.error is not None for r in results)
+    return RunOutcome.of(len(videos) + len(results),
+                         failed_videos + [r.error_code for r in results if r.error is not None])

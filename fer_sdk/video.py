@@ -89,8 +89,9 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
 
 def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float | None = None,
                    fmt: str = "csv", output: Path | None = None, annotate: Path | None = None,
-                   taken: set[Path] | None = None) -> int:
-    """Classify the faces of every video; returns how many videos failed (each reported on stderr).
+                   taken: set[Path] | None = None) -> list[int]:
+    """Classify the faces of every video; returns the exit codes of the videos that failed (each reported on
+    stderr), so ``[]`` when all were processed.
 
     ``taken``: resolved paths annotated videos must not take (the inputs, earlier outputs); two videos with
     the same name in different folders get ``clip.annotated.mp4`` and ``clip.annotated-2.mp4``.
@@ -101,7 +102,7 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
 
     from .predict import annotate_image, reserved_paths, unique_path
 
-    failed = 0
+    failed: list[int] = []
     json_lines = fmt == "json"
     if taken is None:
         taken = reserved_paths(videos)
@@ -152,7 +153,7 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
                         else:
                             writer.writerow(row)
             except FerSdkError as exc:
-                failed += 1
+                failed.append(exc.exit_code)
                 print(f"fer-sdk: error: {exc}", file=sys.stderr)
     return failed
 

@@ -221,16 +221,46 @@ def test_predict_mixed_folder_processes_good_and_reports_bad(tiny, samples_dir, 
 def test_predict_missing_path_is_reported(tiny, samples_dir, tmp_path):
     missing = tmp_path / "nowhere" / "face.jpg"
     alone = invoke("predict", "--model", tiny, "--json", missing)
-    assert alone.exit_code != 0
+    assert alone.exit_code == 2  # nothing was processed: the failure's own code, not 8 (partial failure)
     (photo,) = json.loads(alone.stdout)
     assert photo["file"] == str(missing) and str(missing) in photo["error"]
-    assert_one_line_error(alone, "1 input(s) could not be processed")
+    assert_one_line_error(alone, "none of the 1 input(s) could be processed")
 
     mixed = invoke("predict", "--model", tiny, "--json", samples_dir / "astronaut.jpg", missing)
     assert mixed.exit_code == PARTIAL_FAILURE_EXIT, mixed.output
     photos = {Path(p["file"]).name: p for p in json.loads(mixed.stdout)}
     assert photos["astronaut.jpg"]["faces"] and "error" not in photos["astronaut.jpg"]
     assert str(missing) in photos["face.jpg"]["error"]
+
+
+def test_predict_where_every_photo_is_bad_exits_with_their_code(tiny, samples_dir, tmp_path):
+    folder = mixed_folder(tmp_path / "mixed", samples_dir)
+    for name in SAMPLES:
+        (folder / name).unlink()
+    result = invoke("predict", "--model", tiny, "--csv", folder)
+    assert result.exit_code == 3, result.output  # InvalidImageError for each file
+    rows = [dict(zip(CSV_HEADER, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
+    assert sorted(Path(r["file"]).name for r in rows if r["error"]) == sorted(BAD_FILES)
+    assert_one_line_error(result, f"none of the {len(BAD_FILES)} input(s) could be processed")
+
+    mixed_codes = invoke("predict", "--model", tiny, "--csv", folder, tmp_path / "nowhere.jpg")
+    assert mixed_codes.exit_code == 1  # bad images (3) and a missing path (2): the generic code
+
+
+def test_predict_skips_hidden_files_and_folders(tiny, samples_dir, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / ".thumbnails").mkdir(parents=True)
+    shutil.copy(samples_dir / "astronaut.jpg", folder / "astronaut.jpg")
+    (folder / "._astronaut.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # AppleDouble sidecar
+    shutil.copy(samples_dir / "astronaut.jpg", folder / ".thumbnails" / "astronaut.jpg")
+    result = invoke("predict", "--model", tiny, "--json", folder)
+    assert result.exit_code == 0, result.output
+    assert [Path(p["file"]).name for p in json.loads(result.stdout)] == ["astronaut.jpg"]
+    hidden_parent = tmp_path / ".cache" / "shots"  # a dot folder above the one named is not a reason to skip
+    hidden_parent.mkdir(parents=True)
+    shutil.copy(samples_dir / "astronaut.jpg", hidden_parent / "a.jpg")
+    inside = invoke("predict", "--model", tiny, "--json", hidden_parent)
+    assert inside.exit_code == 0 and len(json.loads(inside.stdout)) == 1
 
 
 def test_predict_empty_folder_is_a_usage_error(tiny, tmp_path):

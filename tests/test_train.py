@@ -28,7 +28,7 @@ keras = pytest.importorskip("keras")
 from fer_sdk.export.architectures import build
 from fer_sdk.export.train import Splits, TrainConfig, build_training_model, train
 
-from fer_sdk.errors import FerSdkError
+from fer_sdk.errors import FerSdkError, InvalidInputError
 
 N_TRAIN, N_VAL = 200, 100
 
@@ -183,7 +183,7 @@ def test_unknown_architecture_lists_valid_ones():
 )
 def test_train_config_errors_name_the_value(overrides, named):
     kwargs = {"arch": "shallow", **overrides}
-    with pytest.raises(FerSdkError) as info:
+    with pytest.raises(InvalidInputError) as info:  # exit code 2 in the CLI
         TrainConfig(**kwargs)
     assert named in str(info.value)
 
@@ -227,7 +227,7 @@ def test_same_seed_same_weights_on_cpu(seeded_runs):
 def test_resume_with_another_recipe_names_the_difference(seeded_runs, splits):
     run = seeded_runs["a"]
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    with pytest.raises(FerSdkError) as info:
+    with pytest.raises(InvalidInputError) as info:
         train(small_config(lr=0.05, optimizer="sgd"), splits, run, resume=True, log=quiet)
     message = str(info.value)
     assert str(run) in message and "lr" in message and "0.01" in message and "0.05" in message
@@ -239,9 +239,38 @@ def test_resume_with_another_recipe_names_the_difference(seeded_runs, splits):
 def test_second_run_into_the_same_folder_needs_resume(seeded_runs, splits):
     run = seeded_runs["b"]
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    with pytest.raises(FerSdkError, match=r"already holds a run; pass --resume"):
+    with pytest.raises(InvalidInputError, match=r"already holds a run; pass --resume"):
         train(small_config(), splits, run, log=quiet)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_into_a_folder_without_a_run_is_refused(splits, tmp_path):
+    typo = tmp_path / "runs" / "deeep"
+    with pytest.raises(InvalidInputError, match=r"holds no run to resume.*drop --resume"):
+        train(small_config(), splits, typo, resume=True, log=quiet)
+    assert not typo.exists()  # nothing created
+
+
+def test_cli_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
+    # A fresh interpreter: the recipe is validated by the import-light export.config, so a bad --lr or a
+    # --resume into a folder without a run costs no TensorFlow import.
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fer_sdk.cli import app\n"
+        "for extra in (['--lr', '0'], ['--out', sys.argv[1], '--resume'], ['--time-budget', '-1']):\n"
+        "    r = CliRunner().invoke(app, ['train', '--arch', 'deep', '--data', 'x.csv', *extra])\n"
+        "    print(r.exit_code, r.stderr.strip().splitlines()[-1])\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope")], capture_output=True, text=True,
+                         timeout=120, check=False)
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert lines[0].startswith("2 fer-sdk: error: lr=0.0 must be > 0")
+    assert lines[1].startswith("2 fer-sdk: error: --resume:") and "nope" in lines[1]
+    assert lines[2].startswith("2 fer-sdk: error: time_budget_s=-1.0")
+    assert lines[3] == "False False"
 
 
 # Runs the real CLI; epoch 2 (after epoch 1 is saved) touches a marker and sleeps in every batch, so the
@@ -336,7 +365,7 @@ def test_init_from_starts_from_the_given_weights(seeded_runs):
     fresh = build_training_model(small_config())
     assert not same_weights(fresh.layers[-1].get_weights(), net_weights(source))
 
-    with pytest.raises(FerSdkError, match="not a deep network"):
+    with pytest.raises(InvalidInputError, match="not a deep network"):
         build_training_model(small_config(arch="deep", init_from=str(source)))
 
 
@@ -401,5 +430,5 @@ def test_mixed_bfloat16_trains_and_saves_float32_networks(splits, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(snap.get_weights(), last.layers[-1].get_weights()))
     metrics = train(cfg, splits, tmp_path / "bf16", resume=True, log=quiet)  # nothing left: evaluates only
     assert metrics["config"]["precision"] == "mixed_bfloat16" and metrics["epochs"] == 2
-    with pytest.raises(FerSdkError, match="precision"):
+    with pytest.raises(InvalidInputError, match="precision"):
         train(small_config(epochs=3), splits, tmp_path / "bf16", resume=True, log=quiet)

@@ -102,6 +102,6 @@ def test_unreadable_video_is_reported_not_raised(tmp_path, tiny_models):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
     result = CliRunner().invoke(app, ["predict", str(bad), "--model", str(tiny_models.fp32), "--csv"])
-    assert result.exit_code == 8
+    assert result.exit_code == 2  # the only input failed: its own code (InvalidInputError), not 8
     assert "broken.mp4" in result.output
     assert "Traceback" not in result.output
