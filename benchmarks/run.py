@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fer_sdk.errors import DependencyError, FerSdkError, InvalidInputError, ModelError
-from fer_sdk.io import atomic_write_json, atomic_write_text
+from fer_sdk.io import atomic_write_json, atomic_write_text, check_output_folder
 
 from .catalog import BenchModel, resolve_models
 from .machine import describe_machine
@@ -102,7 +102,7 @@ def run_benchmarks(
         progress: show a rich progress bar on stderr.
     """
     start = time.perf_counter()
-    out = Path(out)
+    out = check_output_folder(out, option="--out")  # before minutes of timing, not after
     keras_paths = _check_keras_models(keras_models)
     bench_models = resolve_models(models)
     faces = None

@@ -17,6 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# ARCHITECTURES comes from the import-light export.config, not export.architectures: this process must stay
+# TensorFlow-free so its RSS and the ORT timings are not disturbed.
+from fer_sdk.export.config import ARCHITECTURES
+
 from fer_sdk.runtime import usable_cores
 
 from .catalog import BenchModel
@@ -31,10 +35,6 @@ KERAS_ENV = {
     "CUDA_VISIBLE_DEVICES": "-1",  # the Keras rows are the CPU baseline, even on a machine with a GPU
 }
 
-
-#: Architectures ``fer_sdk.export.architectures.build`` knows (not imported here: it would load TensorFlow
-#: into this process, which must stay TensorFlow-free so its RSS and the ORT timings are not disturbed).
-ARCHITECTURES = ("shallow", "deep")
 
 
 @dataclass(frozen=True)

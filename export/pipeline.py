@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.errors import DatasetError, InvalidInputError
+from fer_sdk.io import check_output_file
 
 PARITY_FACES = 512
 
@@ -64,13 +65,15 @@ def export_model(
                 f"calibration_size={calibration_size} is too small: INT8 calibration needs at least "
                 f"{MIN_CALIBRATION_FACES} Training faces (e.g. --calibration-size 1000)"
             )
+    check_output_file(out, option="--out")
     x_eval, y_eval, eval_name = _faces(data, ("PublicTest", "PrivateTest", "Training"))
+    if int8:  # read the calibration faces before converting: a bad file fails in seconds, with nothing written
+        x_cal, _, cal_name = _faces(calibration or data, ("Training",))
     export_onnx(source, out, parity_faces=x_eval[:PARITY_FACES], opset=opset, log=log)
     written = [Path(out)]
     if int8:
         from .quantize import quantize_int8
 
-        x_cal, _, cal_name = _faces(calibration or data, ("Training",))
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(x_cal), size=min(calibration_size, len(x_cal)), replace=False)
         log(f"calibrating INT8 on {len(pick)} {cal_name} faces; evaluating on {len(x_eval)} {eval_name} faces")

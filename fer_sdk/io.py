@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import InvalidInputError
+
 FILE_MODE = 0o644
 
 
@@ -49,3 +51,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
+    """Refuse, before any work, an output file path that cannot be written (``option`` names it in the error).
+
+    An existing folder, a file where a parent folder should be, or an unwritable parent raise
+    ``InvalidInputError``; missing parent folders are fine (writers create them).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{option} {path} is a folder; pass a file path, e.g. {option} {path / 'out.txt'}")
+    _check_parent(path, option)
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, *, option: str) -> Path:
+    """Like :func:`check_output_file`, for an output folder (which may exist, but not as a file)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{option} {path} is a file, not a folder; pass a folder (it is created if missing)")
+    _check_parent(path / "_", option)
+    return path
+
+
+def _check_parent(path: Path, option: str) -> None:
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InvalidInputError(f"{option} {path.parent}: {ancestor} is a file, not a folder; choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{option} {path.parent}: {ancestor} is not writable; check its permissions "
+                                "or choose another path")

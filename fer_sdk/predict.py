@@ -20,7 +20,7 @@ import numpy as np
 
 from .constants import EMOTIONS
 from .errors import FerSdkError, InvalidInputError
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, check_output_file, check_output_folder
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -263,6 +263,10 @@ def run_predict(
     from .video import frame_step
 
     frame_step(25.0, every, fps)  # validates --every / --fps before any work
+    if output is not None:
+        check_output_file(output, option="--output")
+    if annotate is not None:
+        check_output_folder(annotate, option="--annotate")
     photos, videos, results = collect_inputs(paths)
     if not photos and not videos and not results:
         raise InvalidInputError(f"no images or videos found in {', '.join(map(str, paths))}")

@@ -295,3 +295,16 @@ def test_architecture_list_matches_export():
     from fer_sdk.export.architectures import ARCHITECTURES as EXPORTED
 
     assert ARCHITECTURES == EXPORTED
+
+
+def test_an_out_that_is_a_file_fails_before_timing(bench_models, tmp_path):
+    from fer_sdk.benchmarks.run import run_benchmarks
+
+    from fer_sdk.errors import InvalidInputError
+
+    (tmp_path / "report").write_text("not a folder")
+    with pytest.raises(InvalidInputError, match=r"--out .*report is a file, not a folder"):
+        run_benchmarks(tmp_path / "report", quick=True, models=bench_models[:1],
+                       log=lambda *_: pytest.fail("timing started"))
+    assert (tmp_path / "report").read_text() == "not a folder"
+

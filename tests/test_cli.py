@@ -263,6 +263,23 @@ def test_predict_skips_hidden_files_and_folders(tiny, samples_dir, tmp_path):
     assert inside.exit_code == 0 and len(json.loads(inside.stdout)) == 1
 
 
+def test_predict_refuses_unwritable_outputs_before_loading_anything(samples_dir, tmp_path):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep me")
+    missing_model = tmp_path / "no-such-model.onnx"  # the output check comes first, so this is never loaded
+    cases = [
+        (("-o", tmp_path / "adir"), ("--output", "adir is a folder")),
+        (("--annotate", tmp_path / "afile"), ("--annotate", "afile is a file, not a folder")),
+        (("-o", tmp_path / "afile" / "rows.csv"), ("--output", "afile is a file, not a folder")),
+    ]
+    for option, words in cases:
+        result = invoke("predict", "--model", missing_model, samples_dir / "astronaut.jpg", *option)
+        assert result.exit_code == 2, result.output
+        assert_one_line_error(result, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+    assert (tmp_path / "afile").read_text() == "keep me" and not any((tmp_path / "adir").iterdir())
+
+
 def test_predict_empty_folder_is_a_usage_error(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
     result = invoke("predict", "--model", tiny, tmp_path / "empty")

@@ -371,3 +371,21 @@ def test_recover_rebuilds_the_keras_network_from_the_onnx_export(exported, run, 
 
     again = keras.models.load_model(out, compile=False)
     np.testing.assert_allclose(again.predict(x, verbose=0), original.predict(x, verbose=0), atol=1e-4)
+
+
+def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp_path):
+    from fer_sdk.export.pipeline import export_model
+
+    from fer_sdk.errors import DatasetError, InvalidInputError
+
+    faces, labels = data["eval"]
+    public_only = tmp_path / "public_only.csv"  # no Training rows: nothing to calibrate on
+    public_only.write_text("emotion,pixels,Usage\n" + "".join(
+        f"{label},{' '.join(map(str, face.ravel()))},PublicTest\n" for face, label in zip(faces, labels)))
+    with pytest.raises(DatasetError, match="Training"):
+        export_model(run, tmp_path / "m.onnx", data=public_only, int8=True, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["public_only.csv"]  # no fp32 file left behind
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(InvalidInputError, match=r"--out .*taken is a folder"):
+        export_model(run, tmp_path / "taken", data=public_only, log=lambda *_: None)
