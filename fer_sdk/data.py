@@ -5,7 +5,8 @@ into ``fer_sdk.constants.EMOTIONS``. Splits are "Training", "PublicTest" and "Pr
 
 CSV: header ``emotion,pixels,Usage`` (columns in any order, names case-insensitive, surrounding spaces and
 quotes ignored; a UTF-8 BOM and CRLF line endings are fine); gzip is detected from the magic bytes, not the
-suffix. Blank lines are skipped. Every row's label and Usage are checked; pixels are parsed and checked
+suffix. The Kaggle download archives (``fer2013.tar.gz``, a ``.zip``) are read in place: their one ``.csv``
+member (or ``fer2013.csv`` when there are several) is the CSV. Blank lines are skipped. Every row's label and Usage are checked; pixels are parsed and checked
 only for the requested splits (that is where the time goes).
 
 Image folders: ``<root>/train/<emotion>/*.jpg`` and ``<root>/test/<emotion>/*.jpg`` (either may be absent;
@@ -22,8 +23,11 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import tarfile
+import zipfile
 import zlib
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
@@ -118,23 +122,45 @@ def _wanted(splits) -> tuple[str, ...] | None:
 # --------------------------------------------------------------------------------------------- CSV
 
 
-def _open(path: Path):
+def _open(path: Path, stack: ExitStack):
+    """A binary file object for the CSV in ``path``: plain, gzip, or the CSV member of a tar(.gz) / zip."""
     try:
         with open(path, "rb") as fh:
-            magic = fh.read(2)
-        return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    except OSError as exc:
+            magic = fh.read(4)
+        if magic == b"PK\x03\x04" and zipfile.is_zipfile(path):
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            name = _archive_csv(path, [i.filename for i in archive.infolist() if not i.is_dir()])
+            return stack.enter_context(archive.open(name))
+        if tarfile.is_tarfile(path):
+            archive = stack.enter_context(tarfile.open(path))  # noqa: SIM115 (closed by the stack)
+            members = {m.name: m for m in archive.getmembers() if m.isfile()}
+            return stack.enter_context(archive.extractfile(members[_archive_csv(path, list(members))]))
+        return stack.enter_context(gzip.open(path, "rb") if magic[:2] == b"\x1f\x8b" else open(path, "rb"))
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
         raise DatasetError(
             f"{path}: cannot be read ({exc}). Fix: check the path and its permissions."
         ) from exc
 
 
+def _archive_csv(path: Path, names: list[str]) -> str:
+    """The CSV member of a downloaded archive: its only ``.csv`` file, else the one named fer2013.csv."""
+    csvs = [n for n in names if n.lower().endswith(".csv") and not Path(n).name.startswith(".")]
+    if len(csvs) > 1:
+        csvs = [n for n in csvs if Path(n).name.lower() == "fer2013.csv"]
+    if len(csvs) != 1:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+        raise DatasetError(
+            f"{path}: an archive holding {shown}; expected exactly one .csv (or one fer2013.csv). "
+            "Fix: extract the archive and pass the path of fer2013.csv."
+        )
+    return csvs[0]
+
+
 def _read_csv(path: Path, wanted):
-    fh = _open(path)
     try:
-        with fh:
-            return _parse_csv(fh, path, wanted)
-    except (OSError, EOFError, zlib.error) as exc:
+        with ExitStack() as stack:
+            return _parse_csv(_open(path, stack), path, wanted)
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
         raise DatasetError(
             f"{path}: the file cannot be read to its end ({exc}); a gzip file is corrupt or truncated. "
             "Fix: re-download it (compare with SHA256SUMS when there is one)."

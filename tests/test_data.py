@@ -68,6 +68,38 @@ def test_gzip_is_detected_by_magic_bytes(tmp_path, small_csv):
             np.testing.assert_array_equal(data[split][1], y)
 
 
+def test_kaggle_download_archives_are_read_in_place(tmp_path, small_csv):
+    import io
+    import tarfile
+    import zipfile
+
+    reference = read_fer2013(small_csv)
+    body = small_csv.read_bytes()
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(tmp_path / "fer2013.tar.gz", "w:gz") as tar:  # Kaggle's challenge download
+        add(tar, "fer2013/README", b"readme")
+        add(tar, "fer2013/fer2013.bib", b"@article{}")
+        add(tar, "fer2013/fer2013.csv", body)
+    with zipfile.ZipFile(tmp_path / "archive.zip", "w") as zf:  # two CSVs: fer2013.csv is picked
+        zf.writestr("icml_face_data.csv", b"emotion, Usage, pixels\n")
+        zf.writestr("data/fer2013.csv", body)
+    for archive in ("fer2013.tar.gz", "archive.zip"):
+        data = read_fer2013(tmp_path / archive)
+        for split, (x, y) in reference.items():
+            np.testing.assert_array_equal(data[split][0], x)
+            np.testing.assert_array_equal(data[split][1], y)
+
+    with tarfile.open(tmp_path / "no_csv.tar", "w") as tar:
+        add(tar, "images/0.png", b"png")
+    with pytest.raises(DatasetError, match=r"no_csv.tar: an archive holding images/0.png.*extract"):
+        read_fer2013(tmp_path / "no_csv.tar")
+
+
 def test_bom_crlf_quotes_and_column_order(tmp_path, small_csv):
     reference = read_fer2013(small_csv)
     variant = write_csv(tmp_path / "bom.csv", [row(*r) for r in ROWS], newline="\r\n", bom=True)
