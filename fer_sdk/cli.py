@@ -207,8 +207,14 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
         from rich.table import Table
 
         table = Table(title="fer-sdk bundled models (accuracy: FER2013 PublicTest)")
-        for col in ("name", "arch", "precision", "params", "size", "accuracy", "macro-F1", "sha256"):
+        # Names are what --model takes: never wrapped or cut, even in an 80-column pipe; sha256 is cut last.
+        longest = max((len(r["name"]) + (10 if r["default"] else 0) for r in rows), default=4)
+        table.add_column("name", no_wrap=True, min_width=longest)
+        for col in ("arch", "precision", "params", "size"):
             table.add_column(col)
+        table.add_column("accuracy", no_wrap=True, min_width=7)
+        table.add_column("macro-F1")
+        table.add_column("sha256", overflow="ellipsis", no_wrap=True)
         for r in rows:
             acc, f1 = r["publictest_accuracy"], r["publictest_macro_f1"]
             table.add_row(
@@ -219,16 +225,17 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
                 f"{r['size_bytes'] / 1e6:.1f} MB",
                 "-" if acc is None else f"{100 * acc:.2f} %",
                 "-" if f1 is None else f"{f1:.3f}",
-                r["sha256"][:16] + "…",
+                r["sha256"][:12] + "…",
             )
-        Console().print(table)
+        console = Console()
+        Console(width=max(console.width, 110) if not console.is_terminal else None).print(table)  # pipes: 110
 
 
 # ------------------------------------------------------------------------------------------------ eval
 @app.command("eval")
 def eval_cmd(
     data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv or .csv.gz) or image-folder release.")],
-    split: Annotated[str, typer.Option(help="Training, PublicTest or PrivateTest (aliases: train, test, private).")] = "PublicTest",
+    split: Annotated[str, typer.Option(help="Training, PublicTest or PrivateTest (aliases: train, test = PublicTest only, private).")] = "PublicTest",
     model: ModelOpt = "",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     providers: ProvidersOpt = None,

@@ -361,6 +361,18 @@ def test_models_lists_manifest_rows(tiny, models_dir):
     assert "tiny" in table.stdout and "50.00 %" in table.stdout
 
 
+def test_models_table_in_a_pipe_keeps_names_and_accuracy_whole():
+    if not (registry.MODELS_DIR / registry.MANIFEST_NAME).is_file():
+        pytest.skip("no fer_sdk/models/manifest.json yet")
+    result = invoke("models")  # CliRunner output is not a terminal, like `fer-sdk models | cat`
+    assert result.exit_code == 0, result.output
+    rows = json.loads(invoke("models", "--json").stdout)
+    for row in rows:
+        line = next(line for line in result.stdout.splitlines() if f" {row['name']} " in line)
+        assert f"{100 * row['publictest_accuracy']:.2f} %" in line and row["sha256"][:12] in line
+        assert ("(default)" in line) == row["default"]
+
+
 def test_installed_models_rows_match_their_files():
     if not (registry.MODELS_DIR / registry.MANIFEST_NAME).is_file():
         pytest.skip("no fer_sdk/models/manifest.json yet")
