@@ -81,14 +81,14 @@ def read_fer2013(
     splits present). With ``splits=None`` every split present is returned. Malformed data raises
     ``DatasetError`` naming the file, the line (CSV) and the fix.
     """
-    data, _ = _read(Path(path), _wanted(splits))
+    data, _ = _read(_data_path(path), _wanted(splits))
     return {split: data[split] for split in SPLITS if split in data}
 
 
 def load_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split ``(x, y)`` by name or alias ("train", "test", "public", "private", ... any case)."""
     name = canonical_split(split)
-    path = Path(path)
+    path = _data_path(path)
     data, present = _read(path, (name,))
     if name not in data:
         raise DatasetError(
@@ -96,6 +96,15 @@ def load_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndar
             f"{', '.join(s for s in SPLITS if s in present) or 'none'}. Fix: ask for one of those."
         )
     return data[name]
+
+
+def _data_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(
+            f"path: got {type(path).__name__} {path!r}; pass the path (str or pathlib.Path) of fer2013.csv "
+            "(or .csv.gz) or of the image-folder release root."
+        )
+    return Path(path)
 
 
 def _read(path: Path, wanted) -> tuple[dict, set]:

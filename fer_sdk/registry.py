@@ -229,9 +229,16 @@ def resolve_model(model: str | os.PathLike, *, verify: bool = True) -> tuple[Pat
         )
     path = Path(model).expanduser()
     if not path.is_file():
+        names = _safe_names()
+        if path.is_dir():
+            problem = "is a folder, not a model file"
+        elif str(model) in names:  # e.g. Path("deep"): a path object always means a file
+            problem = f"does not exist (to load the bundled model, pass the string {str(model)!r}, not a path)"
+        else:
+            problem = "does not exist"
         raise ModelError(
-            f"model file {str(path)!r} does not exist; pass an existing .onnx file or a bundled model name "
-            f"({_names_hint(_safe_names())})"
+            f"model file {str(path)!r} {problem}; pass an existing .onnx file or a bundled model name "
+            f"({_names_hint(names)})"
         )
     return path.resolve(), None
 

@@ -164,6 +164,9 @@ def test_empty_file_and_header_only(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(DatasetError, match=r"nope\.csv: no such file.*Fix"):
         read_fer2013(tmp_path / "nope.csv")
+    for call in (lambda: read_fer2013(None), lambda: load_split(3, "train")):
+        with pytest.raises(InvalidInputError, match=r"path: got (NoneType None|int 3); pass the path"):
+            call()
 
 
 def test_corrupt_gzip(tmp_path, small_csv):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from conftest import manifest_entry, write_manifest
@@ -67,6 +68,16 @@ def test_unknown_name_lists_valid_names(bundled):
     assert "'huge'" in str(info.value) and "tiny, tiny-int8" in str(info.value)
     with pytest.raises(ModelError, match="tiny-int8"):
         registry.resolve_model("huge")
+
+
+def test_paths_that_are_not_model_files_say_why(bundled, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=r"pass the string 'tiny', not a path"):
+        registry.resolve_model(Path("tiny"))  # a Path always means a file, even when it spells a bundled name
+    with pytest.raises(ModelError, match=r"is a folder, not a model file"):
+        registry.resolve_model(tmp_path)
+    with pytest.raises(ModelError, match=r"'other.onnx' does not exist; pass an existing"):
+        registry.resolve_model(Path("other.onnx"))
 
 
 def test_resolve_bundled_name_verifies_sha256(bundled, models_dir):
