@@ -66,6 +66,8 @@ def export_model(
                 f"{MIN_CALIBRATION_FACES} Training faces (e.g. --calibration-size 1000)"
             )
     check_output_file(out, option="--out")
+    if int8:
+        check_output_file(int8_path(out), option="--out (its INT8 twin)")
     x_eval, y_eval, eval_name = _faces(data, ("PublicTest", "PrivateTest", "Training"))
     if int8:  # read the calibration faces before converting: a bad file fails in seconds, with nothing written
         x_cal, _, cal_name = _faces(calibration or data, ("Training",))

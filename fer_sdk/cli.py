@@ -1,8 +1,8 @@
 """The ``fer-sdk`` command line: a thin Typer layer over the library.
 
 Exit codes: 0 success; 1 other SDK or file-system error; 2 invalid input or usage; 3 invalid image; 4 model error;
-5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed);
-130 interrupted.
+5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed; when
+every input fails, the exit code is theirs; with ``--ray``, always 8); 130 interrupted.
 ``--debug`` shows the traceback instead of the one-line message.
 """
 
@@ -116,7 +116,7 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or video files.")],
     model: ModelOpt = "",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (one object per input).")] = False,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV rows (one per face).")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV rows: one per face; a photo with no face or an error gets one row.")] = False,
     annotate: Annotated[
         Path | None, typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
     ] = None,
@@ -234,7 +234,7 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # ------------------------------------------------------------------------------------------------ eval
 @app.command("eval")
 def eval_cmd(
-    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv or .csv.gz) or image-folder release.")],
+    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv, .csv.gz, Kaggle's .tar.gz / .zip) or image-folder release.")],
     split: Annotated[str, typer.Option(help="Training, PublicTest or PrivateTest (aliases: train, test = PublicTest only, private).")] = "PublicTest",
     model: ModelOpt = "",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -257,7 +257,7 @@ def eval_cmd(
 @app.command()
 def train(
     arch: Annotated[Arch, typer.Option(help="Which CNN to train.")],
-    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv / .csv.gz) or image-folder release.")],
+    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv, .csv.gz, Kaggle's .tar.gz / .zip) or image-folder release.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints every epoch, metrics.json at the end.")] = Path("runs/latest"),
     epochs: Annotated[int | None, typer.Option(min=1, help="Default: 60 shallow, 120 deep; with --resume, the run's.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,

@@ -5,8 +5,8 @@ into ``fer_sdk.constants.EMOTIONS``. Splits are "Training", "PublicTest" and "Pr
 
 CSV: header ``emotion,pixels,Usage`` (columns in any order, names case-insensitive, surrounding spaces and
 quotes ignored; a UTF-8 BOM and CRLF line endings are fine); gzip is detected from the magic bytes, not the
-suffix. The Kaggle download archives (``fer2013.tar.gz``, a ``.zip``) are read in place: their one ``.csv``
-member (or ``fer2013.csv`` when there are several) is the CSV. Blank lines are skipped. Every row's label and Usage are checked; pixels are parsed and checked
+suffix. Kaggle's download archives (``fer2013.tar.gz``, the competition ``.zip``) are read in place: their
+``fer2013.csv``, else ``icml_face_data.csv``, else their only ``.csv`` member is the CSV. Blank lines are skipped. Every row's label and Usage are checked; pixels are parsed and checked
 only for the requested splits (that is where the time goes).
 
 Image folders: ``<root>/train/<emotion>/*.jpg`` and ``<root>/test/<emotion>/*.jpg`` (either may be absent;
@@ -131,12 +131,22 @@ def _wanted(splits) -> tuple[str, ...] | None:
 # --------------------------------------------------------------------------------------------- CSV
 
 
+#: The CSV members of Kaggle's downloads, preferred in this order: the challenge's fer2013.csv, then the
+#: competition zip's copy of the same rows (header ``emotion, Usage, pixels``).
+_ARCHIVE_CSVS = ("fer2013.csv", "icml_face_data.csv")
+
+
 def _open(path: Path, stack: ExitStack):
     """A binary file object for the CSV in ``path``: plain, gzip, or the CSV member of a tar(.gz) / zip."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
-        if magic == b"PK\x03\x04" and zipfile.is_zipfile(path):
+        if magic == b"PK\x03\x04":
+            if not zipfile.is_zipfile(path):
+                raise DatasetError(
+                    f"{path}: a truncated or corrupt zip archive (no central directory). "
+                    "Fix: re-download it, or extract fer2013.csv from it and pass that."
+                )
             archive = stack.enter_context(zipfile.ZipFile(path))
             name = _archive_csv(path, [i.filename for i in archive.infolist() if not i.is_dir()])
             return stack.enter_context(archive.open(name))
@@ -145,33 +155,42 @@ def _open(path: Path, stack: ExitStack):
             members = {m.name: m for m in archive.getmembers() if m.isfile()}
             return stack.enter_context(archive.extractfile(members[_archive_csv(path, list(members))]))
         return stack.enter_context(gzip.open(path, "rb") if magic[:2] == b"\x1f\x8b" else open(path, "rb"))
+    except (NotImplementedError, RuntimeError) as exc:  # zip: unsupported compression, encrypted member
+        raise DatasetError(f"{path}: cannot be unpacked here ({exc}). Fix: extract fer2013.csv and pass that.") from exc
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
         raise DatasetError(
-            f"{path}: cannot be read ({exc}). Fix: check the path and its permissions."
+            f"{path}: cannot be read ({exc}). Fix: check the path and its permissions, or re-download it."
         ) from exc
 
 
 def _archive_csv(path: Path, names: list[str]) -> str:
-    """The CSV member of a downloaded archive: its only ``.csv`` file, else the one named fer2013.csv."""
-    csvs = [n for n in names if n.lower().endswith(".csv") and not Path(n).name.startswith(".")]
-    if len(csvs) > 1:
-        csvs = [n for n in csvs if Path(n).name.lower() == "fer2013.csv"]
-    if len(csvs) != 1:
-        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
-        raise DatasetError(
-            f"{path}: an archive holding {shown}; expected exactly one .csv (or one fer2013.csv). "
-            "Fix: extract the archive and pass the path of fer2013.csv."
-        )
-    return csvs[0]
+    """The CSV member of a downloaded archive: fer2013.csv, icml_face_data.csv, else its only ``.csv``."""
+    visible = [n for n in names if not Path(n).name.startswith(".")]
+    for wanted in _ARCHIVE_CSVS:
+        found = [n for n in visible if Path(n).name.lower() == wanted]
+        if len(found) == 1:
+            return found[0]
+    csvs = [n for n in visible if n.lower().endswith(".csv")]
+    if len(csvs) == 1:
+        return csvs[0]
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+    if any(n.lower().endswith(IMAGE_SUFFIXES) for n in visible):
+        fix = "extract it and pass the folder that holds train/ and test/ (the image-folder release)"
+    else:
+        fix = "extract it and pass the path of fer2013.csv"
+    raise DatasetError(
+        f"{path}: an archive holding {shown}; expected fer2013.csv, icml_face_data.csv or a single .csv. "
+        f"Fix: {fix}."
+    )
 
 
 def _read_csv(path: Path, wanted):
     try:
         with ExitStack() as stack:
             return _parse_csv(_open(path, stack), path, wanted)
-    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+    except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as exc:
         raise DatasetError(
-            f"{path}: the file cannot be read to its end ({exc}); a gzip file is corrupt or truncated. "
+            f"{path}: the file cannot be read to its end ({exc}); the file or download is corrupt or truncated. "
             "Fix: re-download it (compare with SHA256SUMS when there is one)."
         ) from exc
 

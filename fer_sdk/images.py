@@ -126,7 +126,7 @@ def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = F
     must hold values in 0..255; floats must be finite and in [0, 1] and mean ``pixel / 255``: they
     become ``round(value * 255)`` as uint8, or ``value * 255`` as float32 when ``keep_float`` is true.
     bool, complex, object and string arrays raise ``InvalidInputError``. A uint16 array passed in (not
-    ``decoded`` from a file) whose values all lie in 1..255 is refused as ambiguous: it is almost always
+    ``decoded`` from a file) whose values all lie in 0..255 (and not all 0) is refused as ambiguous: it is almost always
     8-bit pixels stored as uint16, which read as 16-bit would be a near-black image.
     """
     dtype = array.dtype
@@ -138,7 +138,8 @@ def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = F
             raise InvalidInputError(
                 f"{desc} and values in [{array.min()}, {array.max()}]: uint16 arrays are read as 16-bit "
                 "(0..65535), so these would be a near-black image. Fix: if they are 8-bit pixels, cast with "
-                ".astype(np.uint8); if they are 16-bit, pass them unchanged with their full 0..65535 range."
+                ".astype(np.uint8); if they really are a dark 16-bit image, convert it yourself with "
+                "(a.astype(np.uint32) * 255 // 65535).astype(np.uint8), or pass the image file."
             )
         return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if dtype.kind in "iu":

@@ -53,7 +53,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file() and not _hidden(p.relative_to(path))]
+            files = _visible_files(path)
             photos.extend(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
             videos.extend(p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS)
         elif path.is_file():
@@ -64,9 +64,14 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return photos, videos, missing
 
 
-def _hidden(relative: Path) -> bool:
-    """Dot files and dot folders (``.git``, macOS ``._photo.jpg`` sidecars) found inside a folder are skipped."""
-    return any(part.startswith(".") for part in relative.parts)
+def _visible_files(folder: Path) -> list[Path]:
+    """Files under ``folder``, sorted; dot files and dot folders (``.git``, macOS ``._photo.jpg`` sidecars) are
+    skipped without being walked."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root) / f for f in files if not f.startswith("."))
+    return sorted(found)
 
 
 def analyze_each(classifier, images: list, *, workers: int | None = None) -> list[tuple[list, FerSdkError | None]]:
@@ -231,7 +236,8 @@ class RunOutcome:
 
     @classmethod
     def of(cls, total: int, codes: list[int]) -> RunOutcome:
-        return cls(total, len(codes), codes[0] if len(set(codes)) == 1 else FerSdkError.exit_code)
+        shared = codes[0] if len(set(codes)) == 1 else 0
+        return cls(total, len(codes), shared or FerSdkError.exit_code)  # never 0 for a failure
 
 
 def run_predict(
@@ -269,7 +275,10 @@ def run_predict(
         check_output_folder(annotate, option="--annotate")
     photos, videos, results = collect_inputs(paths)
     if not photos and not videos and not results:
-        raise InvalidInputError(f"no images or videos found in {', '.join(map(str, paths))}")
+        raise InvalidInputError(
+            f"no images or videos found in {', '.join(map(str, paths))} (dot files and folders are skipped); "
+            f"pass image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos, or folders holding them"
+        )
     if photos and videos:
         raise InvalidInputError(
             f"got {len(photos)} photo(s) and {len(videos)} video(s) in one run; their outputs differ (one row per "

@@ -15,6 +15,8 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -582,3 +584,34 @@ def test_bad_frame_sampling_is_a_usage_error_up_front(tiny, samples_dir, flag):
     result = invoke("predict", samples_dir / "astronaut.jpg", "--model", tiny, *flag)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
+    # A fresh interpreter: the recipe is validated by the import-light export.config, so a bad --lr or a
+    # --resume into a folder without a run costs no TensorFlow import, and the answer is the same (exit 2)
+    # whether or not the train extra is installed (sys.modules[...] = None makes those imports fail).
+    code = (
+        "import sys\n"
+        "if sys.argv[2] == 'without-tf':\n"
+        "    sys.modules['tensorflow'] = sys.modules['keras'] = sys.modules['tf2onnx'] = None\n"
+        "from typer.testing import CliRunner\n"
+        "from fer_sdk.cli import app\n"
+        "for extra in (['--lr', '0'], ['--out', sys.argv[1], '--resume'], ['--time-budget', '-1'], []):\n"
+        "    if not extra:  # after the three bad recipes: was TensorFlow or Keras imported?\n"
+        "        print(sys.modules.get('tensorflow') is not None, sys.modules.get('keras') is not None)\n"
+        "    r = CliRunner().invoke(app, ['train', '--arch', 'deep', '--data', 'x.csv', *extra])\n"
+        "    print(r.exit_code, r.stderr.strip().splitlines()[-1])\n"
+    )
+    for mode in ("with-tf", "without-tf"):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope"), mode], capture_output=True,
+                             text=True, timeout=120, check=False)
+        lines = out.stdout.strip().splitlines()
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert lines[0].startswith("2 fer-sdk: error: lr=0.0 must be > 0"), lines
+        assert lines[1].startswith("2 fer-sdk: error: --resume:") and "nope" in lines[1]
+        assert lines[2].startswith("2 fer-sdk: error: time_budget_s=-1.0")
+        assert lines[3] == "False False"
+        if mode == "without-tf":  # a valid recipe then asks for the train extra
+            assert lines[4].startswith("6 fer-sdk: error:") and "fer-sdk[cpu,train]" in lines[4]
+        else:  # ... or, with it installed, reads the data
+            assert lines[4].startswith("5 fer-sdk: error: x.csv: no such file")

@@ -94,10 +94,27 @@ def test_kaggle_download_archives_are_read_in_place(tmp_path, small_csv):
             np.testing.assert_array_equal(data[split][0], x)
             np.testing.assert_array_equal(data[split][1], y)
 
+    # The competition zip: icml_face_data.csv holds the same rows with its columns as "emotion, Usage, pixels".
+    lines = body.decode().splitlines()[1:]
+    icml = "emotion, Usage, pixels\n" + "".join(f"{e},{u},{p}\n" for e, p, u in (r.split(",") for r in lines))
+    with zipfile.ZipFile(tmp_path / "competition.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ("example_submission.csv", "train.csv", "test.csv"):
+            zf.writestr(name, b"id\n")
+        zf.writestr("fer2013.tar.gz", b"\x1f\x8b")
+        zf.writestr("icml_face_data.csv", icml)
+    data = read_fer2013(tmp_path / "competition.zip")
+    for split, (x, y) in reference.items():
+        np.testing.assert_array_equal(data[split][0], x)
+        np.testing.assert_array_equal(data[split][1], y)
+
     with tarfile.open(tmp_path / "no_csv.tar", "w") as tar:
         add(tar, "images/0.png", b"png")
-    with pytest.raises(DatasetError, match=r"no_csv.tar: an archive holding images/0.png.*extract"):
+    with pytest.raises(DatasetError, match=r"no_csv.tar: an archive holding images/0.png.*folder that holds train/"):
         read_fer2013(tmp_path / "no_csv.tar")
+    cut = tmp_path / "cut.zip"  # a partial download: local headers but no central directory
+    cut.write_bytes((tmp_path / "competition.zip").read_bytes()[:200])
+    with pytest.raises(DatasetError, match=r"cut.zip: a truncated or corrupt zip.*re-download"):
+        read_fer2013(cut)
 
 
 def test_bom_crlf_quotes_and_column_order(tmp_path, small_csv):

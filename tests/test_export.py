@@ -389,3 +389,7 @@ def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp
     (tmp_path / "taken").mkdir()
     with pytest.raises(InvalidInputError, match=r"--out .*taken is a folder"):
         export_model(run, tmp_path / "taken", data=public_only, log=lambda *_: None)
+    (tmp_path / "m2-int8.onnx").mkdir()  # where the INT8 twin of m2.onnx would go
+    with pytest.raises(InvalidInputError, match=r"INT8 twin.*m2-int8.onnx is a folder"):
+        export_model(run, tmp_path / "m2.onnx", data=public_only, int8=True, log=lambda *_: None)
+    assert not (tmp_path / "m2.onnx").exists()
