@@ -121,7 +121,9 @@ def average_run(
     if (out / "metrics.json").exists():
         raise FerSdkError(f"{out} already holds a run; choose a new --out")
     t0 = time.perf_counter()
-    net = average_networks(snapshot_paths(run, epochs))
+    from .train import float32_network
+
+    net = float32_network(average_networks(snapshot_paths(run, epochs)))  # snapshots of old runs may be bf16
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data.x_train), size=min(bn_faces, len(data.x_train)), replace=False)
     layers = recalibrate_batchnorm(net, data.x_train[np.sort(pick)])

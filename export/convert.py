@@ -383,6 +383,9 @@ def export_onnx(
 
     model, source_sha256, run_metrics, architecture, described = _load_source(source, keras)
     _check_model_contract(model)
+    from .train import float32_network
+
+    model = float32_network(model)  # a network that computes in bfloat16 is exported as float32 (same weights)
     architecture = architecture or _architecture_from_name(model)
     meta = build_metadata(
         architecture=architecture,

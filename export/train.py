@@ -158,12 +158,19 @@ def _build_network(cfg: TrainConfig, policy: str):
         keras.config.set_dtype_policy(previous)
 
 
-def float32_network(net, cfg: TrainConfig):
+def float32_network(net):
     """``net`` itself when it computes in float32, else a float32 copy with its weights (mixed-precision
-    training keeps float32 variables, so the copy is exact): saved and exported networks are float32."""
-    if net.dtype_policy.name == "float32":
+    training keeps float32 variables, so the copy is exact): saved and exported networks are float32.
+
+    Every layer is checked, not the model's own policy: a network reloaded from a resumed run's
+    ``last.keras`` reports a float32 model policy while its layers still compute in bfloat16."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in [net, *net.layers]):
         return net
-    copy = _build_network(cfg, "float32")
+    copy = keras.models.clone_model(
+        net, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+    )
     copy.set_weights(net.get_weights())
     return copy
 
@@ -257,7 +264,7 @@ class _RunCallback:
                 state["history"].append(record)
                 val_acc = float(logs.get("val_accuracy", float("nan")))
                 improved = val_acc > state["best_val_accuracy"]
-                net = float32_network(self.model.layers[-1], cfg) if improved or cfg.snapshots else None
+                net = float32_network(self.model.layers[-1]) if improved or cfg.snapshots else None
                 if improved:
                     state["best_val_accuracy"] = val_acc
                     state["best_epoch"] = epoch + 1

@@ -138,3 +138,23 @@ def test_average_run_errors_name_the_fix(snap_run, splits, tmp_path):
     build("deep").save(other)
     with pytest.raises(FerSdkError, match="same network"):
         average_networks([snap_run / "snapshots" / "epoch_001.keras", other])
+
+
+def test_average_of_bfloat16_snapshots_is_a_float32_network(snap_run, splits, tmp_path):
+    # Snapshots saved by a resumed mixed_bfloat16 run (before the fix) kept bf16 layers; the average is float32.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(snap_run, run)
+    for epoch in (2, 3):
+        path = run / "snapshots" / f"epoch_{epoch:03d}.keras"
+        net = load(path)
+        bf16 = keras.models.clone_model(net, clone_function=lambda layer: layer.__class__.from_config(
+            {**layer.get_config(), "dtype": "mixed_bfloat16"}))
+        bf16.set_weights(net.get_weights())
+        bf16.save(path)
+        assert load(path).layers[1].dtype_policy.name == "mixed_bfloat16"
+    average_run(run, [2, 3], tmp_path / "swa", splits, bn_faces=150, log=quiet)
+    averaged = load(tmp_path / "swa" / "best.keras")
+    assert {layer.dtype_policy.name for layer in averaged.layers} == {"float32"}
+    assert averaged.output.dtype == "float32"

@@ -393,3 +393,22 @@ def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp
     with pytest.raises(InvalidInputError, match=r"INT8 twin.*m2-int8.onnx is a folder"):
         export_model(run, tmp_path / "m2.onnx", data=public_only, int8=True, log=lambda *_: None)
     assert not (tmp_path / "m2.onnx").exists()
+
+
+def test_a_bfloat16_network_exports_as_float32(run, data, tmp_path):
+    """A network whose layers compute in bfloat16 (mixed-precision training) exports as a float32 graph."""
+    import keras
+    import onnx
+    from fer_sdk.export import convert
+
+    net = _keras_model(run)
+    bf16 = keras.models.clone_model(net, clone_function=lambda layer: layer.__class__.from_config(
+        {**layer.get_config(), "dtype": "mixed_bfloat16"}))
+    bf16.set_weights(net.get_weights())
+    assert bf16.output.dtype == "bfloat16"
+    report = convert.export_onnx(bf16, tmp_path / "bf16.onnx", parity_faces=data["parity"][0], log=lambda *_: None)
+    graph = onnx.load(tmp_path / "bf16.onnx").graph
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    plain = _session(tmp_path / "bf16.onnx").run(None, {graph.input[0].name: _x(data["parity"][0])})[0]
+    np.testing.assert_allclose(plain, net.predict(_x(data["parity"][0]), verbose=0), atol=1e-4)

@@ -8,6 +8,7 @@ when it started, so the SIGKILL lands mid-epoch deterministically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -408,5 +409,10 @@ def test_mixed_bfloat16_trains_and_saves_float32_networks(splits, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(snap.get_weights(), last.layers[-1].get_weights()))
     metrics = train(cfg, splits, tmp_path / "bf16", resume=True, log=quiet)  # nothing left: evaluates only
     assert metrics["config"]["precision"] == "mixed_bfloat16" and metrics["epochs"] == 2
+    # Resumed for one more epoch: the network comes from a reloaded last.keras, and is still saved as float32.
+    train(dataclasses.replace(cfg, epochs=3), splits, tmp_path / "bf16", resume=True, log=quiet)
+    resumed = keras.models.load_model(tmp_path / "bf16" / "snapshots" / "epoch_003.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in resumed.layers} == {"float32"}
+    assert resumed.output.dtype == "float32"
     with pytest.raises(InvalidInputError, match="precision"):
         train(small_config(epochs=3), splits, tmp_path / "bf16", resume=True, log=quiet)
