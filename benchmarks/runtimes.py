@@ -17,9 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# ARCHITECTURES comes from the import-light export.config, not export.architectures: this process must stay
-# TensorFlow-free so its RSS and the ORT timings are not disturbed.
-from fer_sdk.export.config import ARCHITECTURES
+from fer_sdk.export.config import ARCHITECTURES  # not export.architectures: this process stays TF-free
 
 from fer_sdk.runtime import usable_cores
 
@@ -34,7 +32,6 @@ KERAS_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "CUDA_VISIBLE_DEVICES": "-1",  # the Keras rows are the CPU baseline, even on a machine with a GPU
 }
-
 
 
 @dataclass(frozen=True)

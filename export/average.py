@@ -112,7 +112,7 @@ def average_run(
     log=print,
 ) -> dict:
     """Average ``run``'s snapshots of ``epochs`` into the run folder ``out``; return its metrics."""
-    from .train import TrainConfig, evaluate_run
+    from .train import TrainConfig, evaluate_run, float32_network
 
     run, out = Path(run), Path(out)
     if not (run / "metrics.json").exists():
@@ -121,8 +121,6 @@ def average_run(
     if (out / "metrics.json").exists():
         raise FerSdkError(f"{out} already holds a run; choose a new --out")
     t0 = time.perf_counter()
-    from .train import float32_network
-
     net = float32_network(average_networks(snapshot_paths(run, epochs)))  # snapshots of old runs may be bf16
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data.x_train), size=min(bn_faces, len(data.x_train)), replace=False)

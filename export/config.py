@@ -50,26 +50,21 @@ class TrainConfig:
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise InvalidInputError(f"unknown architecture {self.arch!r}; use one of: {', '.join(ARCHITECTURES)}")
+        for what, value, choices in (
+            ("architecture", self.arch, ARCHITECTURES),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("augment level", self.augment_level, AUGMENT_LEVELS),
+            ("precision", self.precision, PRECISIONS),
+            ("class weighting", self.class_weighting, CLASS_WEIGHTINGS),
+        ):
+            if value not in choices:
+                raise InvalidInputError(f"unknown {what} {value!r}; use one of: {', '.join(choices)}")
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS[self.arch]
-        if self.optimizer not in OPTIMIZERS:
-            raise InvalidInputError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
         if self.lr is None:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
         if self.weight_decay is None:
             self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
-        if self.augment_level not in AUGMENT_LEVELS:
-            raise InvalidInputError(
-                f"unknown augment level {self.augment_level!r}; use one of: {', '.join(AUGMENT_LEVELS)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise InvalidInputError(f"unknown precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}")
-        if self.class_weighting not in CLASS_WEIGHTINGS:
-            raise InvalidInputError(
-                f"unknown class weighting {self.class_weighting!r}; use 'none', 'sqrt' or 'balanced'"
-            )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

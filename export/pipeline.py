@@ -7,16 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_sdk.data import read_fer2013
 from fer_sdk.errors import DatasetError, InvalidInputError
 from fer_sdk.io import check_output_file
 
 PARITY_FACES = 512
 
 
-def _faces(path, split_preference: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
-    from fer_sdk.data import read_fer2013
+#: Faces for the parity check and the INT8 evaluation, in order of preference.
+EVAL_SPLITS = ("PublicTest", "PrivateTest", "Training")
 
-    splits = read_fer2013(path, splits=list(split_preference))
+
+def _faces(splits: dict, path, split_preference: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The first split of ``split_preference`` that ``splits`` (read from ``path``) holds faces of."""
     for name in split_preference:
         if name in splits and len(splits[name][0]):
             return (*splits[name], name)
@@ -68,9 +71,11 @@ def export_model(
     check_output_file(out, option="--out")
     if int8:
         check_output_file(int8_path(out), option="--out (its INT8 twin)")
-    x_eval, y_eval, eval_name = _faces(data, ("PublicTest", "PrivateTest", "Training"))
+    data_splits = read_fer2013(data, splits=EVAL_SPLITS)  # holds Training too: calibration from --data reads the file once
+    x_eval, y_eval, eval_name = _faces(data_splits, data, EVAL_SPLITS)
     if int8:  # read the calibration faces before converting: a bad file fails in seconds, with nothing written
-        x_cal, _, cal_name = _faces(calibration or data, ("Training",))
+        cal_splits = data_splits if calibration is None else read_fer2013(calibration, splits="Training")
+        x_cal, _, cal_name = _faces(cal_splits, calibration or data, ("Training",))
     export_onnx(source, out, parity_faces=x_eval[:PARITY_FACES], opset=opset, log=log)
     written = [Path(out)]
     if int8:

@@ -6,8 +6,9 @@ into ``fer_sdk.constants.EMOTIONS``. Splits are "Training", "PublicTest" and "Pr
 CSV: header ``emotion,pixels,Usage`` (columns in any order, names case-insensitive, surrounding spaces and
 quotes ignored; a UTF-8 BOM and CRLF line endings are fine); gzip is detected from the magic bytes, not the
 suffix. Kaggle's download archives (``fer2013.tar.gz``, the competition ``.zip``) are read in place: their
-``fer2013.csv``, else ``icml_face_data.csv``, else their only ``.csv`` member is the CSV. Blank lines are skipped. Every row's label and Usage are checked; pixels are parsed and checked
-only for the requested splits (that is where the time goes).
+``fer2013.csv``, else ``icml_face_data.csv``, else their only ``.csv`` member is the CSV. Blank lines are
+skipped. Every row's label and Usage are checked; pixels are parsed and checked only for the requested
+splits (that is where the time goes).
 
 Image folders: ``<root>/train/<emotion>/*.jpg`` and ``<root>/test/<emotion>/*.jpg`` (either may be absent;
 emotion folder names as in ``EMOTIONS``, any case; .jpg .jpeg .png .bmp files are read, other files and

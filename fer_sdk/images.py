@@ -126,8 +126,8 @@ def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = F
     must hold values in 0..255; floats must be finite and in [0, 1] and mean ``pixel / 255``: they
     become ``round(value * 255)`` as uint8, or ``value * 255`` as float32 when ``keep_float`` is true.
     bool, complex, object and string arrays raise ``InvalidInputError``. A uint16 array passed in (not
-    ``decoded`` from a file) whose values all lie in 0..255 (and not all 0) is refused as ambiguous: it is almost always
-    8-bit pixels stored as uint16, which read as 16-bit would be a near-black image.
+    ``decoded`` from a file) whose values all lie in 0..255 (and not all 0) is refused as ambiguous: it is
+    almost always 8-bit pixels stored as uint16, which read as 16-bit would be a near-black image.
     """
     dtype = array.dtype
     if dtype == np.uint8:

@@ -62,7 +62,7 @@ def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InvalidInputError(f"{option} {path} is a folder; pass a file path, e.g. {option} {path / 'out.txt'}")
-    _check_parent(path, option)
+    _check_creatable(path.parent, option)
     return path
 
 
@@ -71,16 +71,17 @@ def check_output_folder(path: str | os.PathLike, *, option: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidInputError(f"{option} {path} is a file, not a folder; pass a folder (it is created if missing)")
-    _check_parent(path / "_", option)
+    _check_creatable(path, option)
     return path
 
 
-def _check_parent(path: Path, option: str) -> None:
-    ancestor = path.parent
+def _check_creatable(folder: Path, option: str) -> None:
+    """``folder`` exists as a writable folder, or can be created: its nearest existing ancestor is one."""
+    ancestor = folder
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise InvalidInputError(f"{option} {path.parent}: {ancestor} is a file, not a folder; choose another path")
+        raise InvalidInputError(f"{option} {folder}: {ancestor} is a file, not a folder; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"{option} {path.parent}: {ancestor} is not writable; check its permissions "
+        raise InvalidInputError(f"{option} {folder}: {ancestor} is not writable; check its permissions "
                                 "or choose another path")

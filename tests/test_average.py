@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 
 from fer_sdk.export import ship
 from fer_sdk.export.average import average_networks, average_run, parse_epochs, recalibrate_batchnorm
-from fer_sdk.export.train import Splits, TrainConfig, to_model_input, train
+from fer_sdk.export.train import Splits, TrainConfig, to_model_input, train, with_dtype_policy
 
 from fer_sdk.errors import FerSdkError
 
@@ -148,11 +148,7 @@ def test_average_of_bfloat16_snapshots_is_a_float32_network(snap_run, splits, tm
     shutil.copytree(snap_run, run)
     for epoch in (2, 3):
         path = run / "snapshots" / f"epoch_{epoch:03d}.keras"
-        net = load(path)
-        bf16 = keras.models.clone_model(net, clone_function=lambda layer: layer.__class__.from_config(
-            {**layer.get_config(), "dtype": "mixed_bfloat16"}))
-        bf16.set_weights(net.get_weights())
-        bf16.save(path)
+        with_dtype_policy(load(path), "mixed_bfloat16").save(path)
         assert load(path).layers[1].dtype_policy.name == "mixed_bfloat16"
     average_run(run, [2, 3], tmp_path / "swa", splits, bn_faces=150, log=quiet)
     averaged = load(tmp_path / "swa" / "best.keras")

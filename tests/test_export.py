@@ -397,14 +397,12 @@ def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp
 
 def test_a_bfloat16_network_exports_as_float32(run, data, tmp_path):
     """A network whose layers compute in bfloat16 (mixed-precision training) exports as a float32 graph."""
-    import keras
     import onnx
     from fer_sdk.export import convert
+    from fer_sdk.export.train import with_dtype_policy
 
     net = _keras_model(run)
-    bf16 = keras.models.clone_model(net, clone_function=lambda layer: layer.__class__.from_config(
-        {**layer.get_config(), "dtype": "mixed_bfloat16"}))
-    bf16.set_weights(net.get_weights())
+    bf16 = with_dtype_policy(net, "mixed_bfloat16")
     assert bf16.output.dtype == "bfloat16"
     report = convert.export_onnx(bf16, tmp_path / "bf16.onnx", parity_faces=data["parity"][0], log=lambda *_: None)
     graph = onnx.load(tmp_path / "bf16.onnx").graph
