@@ -2,8 +2,9 @@
 
     python -m fer_sdk.export.ship --data fer2013.csv.gz --run shallow=runs/shallow --run deep=runs/deep
 
-For each ``name=RUN_DIR`` it exports ``name.onnx`` and ``name-int8.onnx`` into ``fer_sdk/models/``,
-evaluates both with ONNX Runtime on PublicTest, writes ``cards/<model>.{json,md,png}`` and rewrites
+For each ``name=RUN_DIR`` it exports ``name.onnx`` and ``name-int8.onnx`` into ``fer_sdk/models/``; each
+``--ensemble NAME=MEMBER:WEIGHT,...`` then averages bundled models into ``NAME.onnx`` (export/ensemble.py).
+It evaluates every file with ONNX Runtime on PublicTest, writes ``cards/<model>.{json,md,png}`` and rewrites
 ``manifest.json``. Every number on a card comes from this command's own evaluation.
 """
 
@@ -13,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fer_sdk.errors import InvalidInputError
 from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
 from fer_sdk.registry import sha256_file
@@ -27,6 +29,14 @@ KNOWN_LIMITS = [
     "slightly optimistic; the withheld PrivateTest is measured independently."),
     ("Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
     "about people."),
+]
+
+
+#: Extra known limits on an ensemble's card.
+ENSEMBLE_LIMITS = [
+    ("The member weights were chosen by PublicTest accuracy, the split reported here, so the ensemble's "
+    "gain over its best member is optimistic by a few tenths of a point."),
+    "It runs every member on each face: its latency is about the sum of the members' (see the benchmarks).",
 ]
 
 
@@ -82,7 +92,7 @@ def card_markdown(card: dict) -> str:
     lines = [
         f"# fer-sdk model card: `{card['name']}`",
         "",
-        (f"{card['architecture']} CNN, {card['precision']}, {card['parameters']:,} parameters, "
+        (f"{_kind(card)}, {card['precision']}, {card['parameters']:,} parameters, "
         f"{card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`."),
         "",
         "## Results on FER2013 PublicTest (3,589 faces)",
@@ -96,9 +106,28 @@ def card_markdown(card: dict) -> str:
     ]
     for name, c in r["per_class"].items():
         lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    lines += ["", f"![confusion matrix]({Path(card['confusion_png']).name})", "", "## Data and training", ""]
+    lines += ["", f"![confusion matrix]({Path(card['confusion_png']).name})", ""]
+    lines += _ensemble_lines(card["ensemble"]) if "ensemble" in card else _training_lines(card)
+    if card.get("quantization"):
+        q = card["quantization"]
+        lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
+    lines += ["", "## Evaluate it yourself", "", f"`{card['evaluate_command']}` (add `--tta` for the flip TTA number)",
+              "", "## Known limits", ""]
+    lines += [f"- {item}" for item in card["known_limits"]]
+    return "\n".join(lines) + "\n"
+
+
+def _kind(card: dict) -> str:
+    if "ensemble" in card:
+        return "Weighted ensemble of " + " and ".join(f"`{m['name']}`" for m in card["ensemble"]["members"])
+    return f"{card['architecture']} CNN"
+
+
+def _training_lines(card: dict) -> list[str]:
     t = card["training"]
-    lines += [
+    lines = [
+        "## Data and training",
+        "",
         ("- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
         "PublicTest accuracy was kept; PrivateTest is withheld from this project."),
         (f"- {len(t['stages'])} training stage(s), {t['epochs']} epochs in all, "
@@ -117,12 +146,26 @@ def card_markdown(card: dict) -> str:
         f"- Export: `fer-sdk export runs/{card['architecture']} --out {card['architecture']}.onnx "
         "--data fer2013.csv.gz --int8`"
     )
-    if card.get("quantization"):
-        q = card["quantization"]
-        lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
-    lines += ["", "## Evaluate it yourself", "", f"`{card['evaluate_command']}`", "", "## Known limits", ""]
-    lines += [f"- {item}" for item in card["known_limits"]]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _ensemble_lines(ensemble: dict) -> list[str]:
+    lines = [
+        "## Members",
+        "",
+        ("One ONNX file: every member reads the same face and the output is the weighted sum of their softmax "
+        "rows (still a softmax). The members' graphs are copied in unchanged."),
+        "",
+        "| member | weight | precision | parameters | sha256 | card |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in ensemble["members"]:
+        lines.append(
+            f"| `{m['name']}` | {m['weight']:.2f} | {m['precision']} | {m['parameters']:,} | "
+            f"`{m['sha256'][:12]}…` | [{m['name']}.md]({m['name']}.md) |"
+        )
+    lines += ["", f"- Build it from the bundled members: `{ensemble['command']}`"]
+    return lines
 
 
 def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
@@ -207,63 +250,92 @@ AUGMENT_TEXT = {
 
 
 def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, default: str | None = None,
-         log=print) -> dict:
-    from fer_sdk.classifier import Classifier
+         ensembles: dict[str, list[tuple[str, float]]] | None = None, log=print) -> dict:
+    """Export ``runs`` (``{arch: run folder}``) as fp32 + INT8, then build ``ensembles`` (``{name: [(member,
+    weight)]}``, members named as bundled models, e.g. ``deep-int8``); evaluate each file, write its card and
+    the manifest."""
     from fer_sdk.data import load_split
-    from fer_sdk.evaluate import evaluate
 
+    from .ensemble import build_ensemble, parse_members
     from .pipeline import export_model
 
     models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
-    public = load_split(data, "PublicTest")
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    ensembles = {name: parse_members(members) for name, members in (ensembles or {}).items()}
+    shipped = {*manifest["models"], *runs, *(f"{arch}-int8" for arch in runs)}
+    for name, members in ensembles.items():  # checked before the slow exports
+        missing = [m for m, _ in members if m not in shipped]
+        if missing:
+            raise InvalidInputError(
+                f"ensemble {name!r}: members {missing} are not bundled models; choose from {', '.join(sorted(shipped))}"
+            )
+    public = load_split(data, "PublicTest")
     (models_dir / "cards").mkdir(parents=True, exist_ok=True)
     for arch, run in runs.items():
         run_metrics = json.loads((Path(run) / "metrics.json").read_text())
-        paths = export_model(run, models_dir / f"{arch}.onnx", data=data, int8=True, log=log)
-        for path in paths:
-            name = path.stem
-            clf = Classifier(path)
-            report = evaluate(data, split="PublicTest", classifier=clf, faces=public)
-            tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True), faces=public)
-            meta = clf.metadata
-            card = {
-                "name": name,
-                "file": path.name,
-                "architecture": arch,
-                "precision": meta.get("precision", "fp32"),
-                "parameters": int(run_metrics["parameters"]),
-                "size_bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "evaluation": {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
-                "evaluation_flip_tta": {k: tta[k] for k in ("accuracy", "macro_f1")},
-                "quantization": meta.get("quantization"),
-                "training": training_stages(Path(run), run_metrics, arch),
-                "evaluate_command": f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
-                "confusion_png": f"cards/{name}.png",
-                "known_limits": KNOWN_LIMITS,
-            }
-            confusion_png(report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %",
-                          models_dir / "cards" / f"{name}.png")
-            atomic_write_json(models_dir / "cards" / f"{name}.json", card)
-            atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card))
-            manifest["models"][name] = {
-                "file": path.name,
-                "sha256": card["sha256"],
-                "architecture": arch,
-                "precision": card["precision"],
-                "parameters": card["parameters"],
-                "size_bytes": card["size_bytes"],
-                "metrics": {"PublicTest": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                                           "accuracy_flip_tta": tta["accuracy"]}},
-                "card": f"cards/{name}.json",
-            }
-            log(f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} % (flip TTA {100 * tta['accuracy']:.2f} %)")
+        for path in export_model(run, models_dir / f"{arch}.onnx", data=data, int8=True, log=log):
+            extra = {"architecture": arch, "parameters": int(run_metrics["parameters"]),
+                     "training": training_stages(Path(run), run_metrics, arch)}
+            manifest["models"][path.stem] = _card(path, extra, data, public, models_dir, log)
+    for name, members in ensembles.items():
+        path = models_dir / f"{name}.onnx"
+        files = [(models_dir / manifest["models"][m]["file"], w) for m, w in members]
+        report = build_ensemble(files, path, log=log)
+        command = "python -m fer_sdk.export.ensemble " + " ".join(
+            f"--member {m['name']}={w:g}" for m, (_, w) in zip(report["members"], members)
+        ) + f" --out {path.name}"
+        extra = {"architecture": "ensemble", "parameters": report["parameters"],
+                 "ensemble": {"members": report["members"], "command": command}}
+        manifest["models"][name] = _card(path, extra, data, public, models_dir, log)
     manifest["default"] = default or manifest.get("default") or next(iter(manifest["models"]))
     manifest["models"] = dict(sorted(manifest["models"].items()))
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) -> dict:
+    """Evaluate ``path`` on PublicTest (plain and flip TTA), write its card (json, md, png); return its manifest entry."""
+    from fer_sdk.classifier import Classifier
+    from fer_sdk.evaluate import evaluate
+
+    name = path.stem
+    clf = Classifier(path)
+    report = evaluate(data, split="PublicTest", classifier=clf, faces=public)
+    tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True), faces=public)
+    meta = clf.metadata
+    card = {
+        "name": name,
+        "file": path.name,
+        "architecture": extra["architecture"],
+        "precision": meta.get("precision", "fp32"),
+        "parameters": extra["parameters"],
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "evaluation": {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
+        "evaluation_flip_tta": {k: tta[k] for k in ("accuracy", "macro_f1")},
+        "quantization": meta.get("quantization"),
+        **{k: v for k, v in extra.items() if k in ("training", "ensemble")},
+        "evaluate_command": f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
+        "confusion_png": f"cards/{name}.png",
+        "known_limits": KNOWN_LIMITS + (ENSEMBLE_LIMITS if "ensemble" in extra else []),
+    }
+    confusion_png(report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %",
+                  models_dir / "cards" / f"{name}.png")
+    atomic_write_json(models_dir / "cards" / f"{name}.json", card)
+    atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card))
+    log(f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} % (flip TTA {100 * tta['accuracy']:.2f} %)")
+    return {
+        "file": path.name,
+        "sha256": card["sha256"],
+        "architecture": card["architecture"],
+        "precision": card["precision"],
+        "parameters": card["parameters"],
+        "size_bytes": card["size_bytes"],
+        "metrics": {"PublicTest": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                                   "accuracy_flip_tta": tta["accuracy"]}},
+        "card": f"cards/{name}.json",
+    }
 
 
 def models_table(manifest: dict) -> str:
@@ -287,15 +359,24 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="FER2013 CSV (.csv.gz) with Training and PublicTest")
     ap.add_argument("--run", action="append", default=[], help="ARCH=RUN_DIR, e.g. deep=runs/deep")
     ap.add_argument("--table", action="store_true", help="print the README models table and exit")
+    ap.add_argument("--ensemble", action="append", default=[],
+                    help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. "
+                    "ensemble-int8=deep-int8:0.7,shallow-int8:0.3 (built after the runs)")
     ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
     args = ap.parse_args()
     if args.table:
         print(models_table(json.loads((bundled_models_dir() / "manifest.json").read_text())))
         return
-    if not args.run or args.data is None:
-        ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR (or --table)")
+    if not (args.run or args.ensemble) or args.data is None:
+        ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR or --ensemble (or --table)")
     runs = dict(item.split("=", 1) for item in args.run)
-    ship({k: Path(v) for k, v in runs.items()}, args.data, default=args.default)
+    ensembles = {}
+    for item in args.ensemble:
+        name, _, members = item.partition("=")
+        if not name or not members:
+            ap.error(f"--ensemble {item!r} must be NAME=MEMBER:WEIGHT,MEMBER:WEIGHT")
+        ensembles[name] = [member.replace(":", "=", 1) for member in members.split(",")]
+    ship({k: Path(v) for k, v in runs.items()}, args.data, default=args.default, ensembles=ensembles)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,22 @@ def fer_splits(n_train: int, n_val: int):
     return Splits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
+def write_small_fer_csv(path: Path, n_train: int, n_test: int, source: Path = FER_CSV) -> Path:
+    """A small FER2013 CSV: the first ``n_train`` Training and ``n_test`` PublicTest rows of ``source``."""
+    wanted = {"Training": n_train, "PublicTest": n_test}
+    kept: dict[str, list[str]] = {name: [] for name in wanted}
+    with gzip.open(source, "rt", encoding="ascii") as fh:
+        header = fh.readline()
+        for line in fh:
+            usage = line.rstrip("\r\n").rsplit(",", 1)[-1]
+            if usage in kept and len(kept[usage]) < wanted[usage]:
+                kept[usage].append(line if line.endswith("\n") else line + "\n")
+                if all(len(kept[k]) == n for k, n in wanted.items()):
+                    break
+    path.write_text(header + "".join(kept["Training"] + kept["PublicTest"]), encoding="ascii")
+    return path
+
+
 @pytest.fixture(scope="session")
 def fer_rows() -> tuple[np.ndarray, np.ndarray]:
     if not FER_CSV.is_file():

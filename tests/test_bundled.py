@@ -67,3 +67,16 @@ def test_int8_models_stay_close_to_fp32(fer_faces):
         p8 = Classifier(f"{arch}-int8").predict_proba(faces)
         np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-5)
         assert (p32.argmax(1) == p8.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.architecture == "ensemble"], ids=lambda s: s.name)
+def test_bundled_ensemble_is_built_from_the_bundled_members(spec):
+    """Reshipping a member without rebuilding the ensemble would leave it averaging the old network."""
+    members = Classifier(spec.name).metadata["ensemble"]
+    bundled = {s.name: s for s in SPECS}
+    assert len(members) >= 2 and sum(m["weight"] for m in members) == pytest.approx(1)
+    for m in members:
+        assert m["name"] in bundled, f"{spec.name} averages {m['name']}, which is not bundled"
+        assert m["sha256"] == bundled[m["name"]].sha256, f"{spec.name} was built from an older {m['name']}"
+    card = json.loads(spec.card_path.read_text())
+    assert card["ensemble"]["members"] == members

@@ -10,7 +10,6 @@ check that machine output (``--json``, ``--csv``) is clean and that errors go to
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER_CSV, manifest_entry, write_manifest
+from conftest import FER_CSV, manifest_entry, write_manifest, write_small_fer_csv
 from typer.testing import CliRunner
 
 from fer_sdk import registry
@@ -50,22 +49,6 @@ def assert_one_line_error(result, *needles: str) -> str:
         assert needle in lines[0], (needle, lines[0])
     assert "Traceback" not in result.output
     return lines[0]
-
-
-def write_small_fer_csv(path: Path, n_train: int, n_test: int, source: Path = FER_CSV) -> Path:
-    """A small FER2013 CSV: the first ``n_train`` Training and ``n_test`` PublicTest rows of ``source``."""
-    wanted = {"Training": n_train, "PublicTest": n_test}
-    kept: dict[str, list[str]] = {name: [] for name in wanted}
-    with gzip.open(source, "rt", encoding="ascii") as fh:
-        header = fh.readline()
-        for line in fh:
-            usage = line.rstrip("\r\n").rsplit(",", 1)[-1]
-            if usage in kept and len(kept[usage]) < wanted[usage]:
-                kept[usage].append(line if line.endswith("\n") else line + "\n")
-                if all(len(kept[k]) == n for k, n in wanted.items()):
-                    break
-    path.write_text(header + "".join(kept["Training"] + kept["PublicTest"]), encoding="ascii")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,244 @@
+"""Weighted ensembles of exported FER models as one ONNX file.
+
+    python -m fer_sdk.export.ensemble --member deep-int8=0.7 --member shallow-int8=0.3 --out ensemble-int8.onnx
+
+Every member (a bundled name or an ``.onnx`` path exported by this project) reads the same ``faces`` input;
+the ensemble's ``probabilities`` are ``sum(weight_i * probabilities_i)`` with the weights normalised to sum
+to 1, so the output is still a softmax row and the file loads like any other model (``Classifier(path)``).
+The members' graphs are copied in unchanged (INT8 members stay INT8; the output head stays float), and the
+file is written only after ONNX Runtime shows it equals the weighted average of the members run one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fer_sdk.constants import INPUT_NAME, METADATA_FORMAT, OUTPUT_NAME
+from fer_sdk.errors import DependencyError, InvalidInputError, ModelError
+from fer_sdk.io import atomic_write_bytes, check_output_file
+from fer_sdk.registry import resolve_model, sha256_file
+
+from .convert import PARITY_ATOL, SUM_ATOL, checked_bytes, onnx_metadata, ort_predict, ort_session, stamp
+
+#: Random faces the merged graph is checked on against its members (no dataset needed).
+CHECK_FACES = 64
+#: Metadata sections every member must share exactly: same labels and the same preprocessing.
+SHARED_KEYS = ("labels", "input", "output")
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnx.compose
+    except ImportError as exc:
+        raise DependencyError(
+            f"building an ensemble needs onnx ({exc.name} is missing); run: pip install \"fer-sdk[cpu,train]\""
+        ) from exc
+    return onnx
+
+
+def parse_members(items) -> list[tuple[str, float]]:
+    """``["deep-int8=0.7", "shallow-int8=0.3"]`` (or ``(model, weight)`` pairs) -> checked ``[(model, weight)]``."""
+    members = []
+    for item in items:
+        if isinstance(item, str):
+            model, sep, weight = item.rpartition("=")
+            if not sep or not model:
+                raise InvalidInputError(
+                    f"ensemble member {item!r} must be MODEL=WEIGHT, e.g. deep-int8=0.7 or runs/a.onnx=0.5"
+                )
+            try:
+                weight = float(weight)
+            except ValueError:
+                raise InvalidInputError(
+                    f"ensemble member {item!r}: weight {weight!r} is not a number; write e.g. {model}=0.5"
+                ) from None
+            members.append((model, weight))
+        else:
+            model, weight = item
+            members.append((model, weight))
+    if len(members) < 2:
+        raise InvalidInputError(
+            f"an ensemble needs at least 2 members, got {len(members)}; pass e.g. deep-int8=0.7 shallow-int8=0.3"
+        )
+    for model, weight in members:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise InvalidInputError(f"ensemble weight {weight!r} of {model!r} must be a finite number > 0 (e.g. 0.5)")
+    return [(m, float(w)) for m, w in members]
+
+
+def _load_member(model, onnx):
+    path, spec = resolve_model(model)  # bundled names are sha256-checked here
+    proto = onnx.load(str(path))
+    try:
+        meta = onnx_metadata(proto)
+    except (ModelError, json.JSONDecodeError) as exc:
+        raise ModelError(f"ensemble member {str(model)!r} ({path}) has no usable fer-sdk metadata: {exc}") from None
+    if meta.get("format", 0) > METADATA_FORMAT:
+        raise ModelError(f"ensemble member {path} has metadata format {meta.get('format')}; upgrade fer-sdk")
+    if meta.get("ensemble"):
+        raise InvalidInputError(
+            f"ensemble member {str(model)!r} is itself an ensemble; list its members instead"
+        )
+    name = spec.name if spec else path.stem
+    return name, path, proto, meta
+
+
+def _opsets(protos) -> list:
+    """The members' opset imports merged; the default (ai.onnx) domain must be the same version in all."""
+    from onnx import helper
+
+    versions: dict[str, set[int]] = {}
+    for proto in protos:
+        for op in proto.opset_import:
+            versions.setdefault(op.domain, set()).add(op.version)
+    if len(versions.get("", set())) > 1:
+        raise ModelError(
+            f"ensemble members use different ONNX opsets {sorted(versions[''])}; export them with the same "
+            "--opset (fer-sdk export --opset 17)"
+        )
+    return [helper.make_opsetid(domain, max(v)) for domain, v in versions.items()]
+
+
+def merge(protos, weights: list[float], n_labels: int, onnx):
+    """One ModelProto: ``faces`` -> each member graph -> ``sum(weight_i * probabilities_i)``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, initializers, value_info, outputs = [], [], [], []
+    for i, proto in enumerate(protos):
+        prefix = f"m{i}/"
+        renamed = onnx.compose.add_prefix(proto, prefix, inplace=False)
+        g = renamed.graph
+        for node in g.node:
+            node.input[:] = [INPUT_NAME if name == prefix + INPUT_NAME else name for name in node.input]
+        nodes.extend(g.node)
+        initializers.extend(g.initializer)
+        value_info.extend(g.value_info)
+        weight = numpy_helper.from_array(np.array(weights[i], np.float32), f"{prefix}ensemble_weight")
+        initializers.append(weight)
+        nodes.append(helper.make_node("Mul", [prefix + OUTPUT_NAME, weight.name], [f"{prefix}weighted"]))
+        outputs.append(f"{prefix}weighted")
+    nodes.append(helper.make_node("Sum", outputs, [OUTPUT_NAME], name="ensemble_sum"))
+    first = protos[0].graph
+    graph = helper.make_graph(
+        nodes,
+        "fer_ensemble",
+        [next(i for i in first.input if i.name == INPUT_NAME)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", n_labels])],
+        initializer=initializers,
+        value_info=value_info,
+    )
+    model = helper.make_model(graph, opset_imports=_opsets(protos))
+    model.ir_version = max(p.ir_version for p in protos)
+    return model
+
+
+def _check_members(members) -> None:
+    base_name, _, _, base = members[0]
+    for name, path, proto, meta in members[1:]:
+        for key in SHARED_KEYS:
+            if meta.get(key) != base.get(key):
+                raise ModelError(
+                    f"ensemble members {base_name!r} and {name!r} differ in metadata {key!r} "
+                    f"({base.get(key)!r} vs {meta.get(key)!r}); only models with the same labels and "
+                    "preprocessing can be averaged"
+                )
+    for name, path, proto, meta in members:
+        if [i.name for i in proto.graph.input] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in proto.graph.output]:
+            raise ModelError(
+                f"ensemble member {name!r} ({path}) must read one input {INPUT_NAME!r} and write {OUTPUT_NAME!r}; "
+                "re-export it with fer-sdk export"
+            )
+
+
+def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
+    """Write the weighted ensemble of ``members`` (``[(model, weight)]`` or ``MODEL=WEIGHT`` strings) to ``out``.
+
+    Returns a report (members with their sha256 and normalised weights, parity, size, sha256). Raises
+    ``InvalidInputError`` for bad members or weights and ``ModelError`` for members that cannot be merged
+    or a merged graph that does not reproduce the members; nothing is written then.
+    """
+    onnx = _require_onnx()
+    t_start = time.perf_counter()
+    pairs = parse_members(members)
+    out = check_output_file(out, option="out")
+    total = sum(w for _, w in pairs)
+    weights = [w / total for _, w in pairs]
+    loaded = [_load_member(model, onnx) for model, _ in pairs]
+    _check_members(loaded)
+    names = [name for name, *_ in loaded]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"ensemble members {names} repeat a model; give each model once with its weight")
+
+    base = loaded[0][3]
+    proto = merge([p for _, _, p, _ in loaded], weights, len(base["labels"]), onnx)
+    precisions = {m.get("precision", "fp32") for *_, m in loaded}
+    meta = {
+        "format": METADATA_FORMAT,
+        **{key: base[key] for key in SHARED_KEYS},
+        "architecture": "ensemble",
+        "precision": precisions.pop() if len(precisions) == 1 else "mixed",
+        "parameters": int(sum(int(m.get("parameters", 0)) for *_, m in loaded)),
+        "source_sha256": hashlib.sha256("".join(m.get("source_sha256", "") for *_, m in loaded).encode()).hexdigest(),
+        "ensemble": [
+            {"name": name, "file": path.name, "sha256": sha256_file(path), "architecture": m.get("architecture"),
+             "precision": m.get("precision", "fp32"), "parameters": m.get("parameters"), "weight": w}
+            for (name, path, _, m), w in zip(loaded, weights)
+        ],
+        "metrics": {},
+        "producer": base.get("producer", {}),
+    }
+    stamp(proto, meta)
+    data = checked_bytes(proto, "ensemble")
+
+    faces = np.random.default_rng(0).random((CHECK_FACES, 48, 48, 1), dtype=np.float32)
+    expected = sum(w * ort_predict(ort_session(p.SerializeToString()), faces) for w, (_, _, p, _) in zip(weights, loaded))
+    got = ort_predict(ort_session(data), faces)
+    diff = float(np.max(np.abs(got - expected)))
+    row_error = float(np.max(np.abs(got.sum(1, dtype=np.float64) - 1)))
+    if not diff <= PARITY_ATOL or not row_error <= SUM_ATOL:
+        raise ModelError(
+            f"the merged ensemble differs from its members' weighted average by {diff:.2e} (limit "
+            f"{PARITY_ATOL:.0e}) or its rows sum to 1 +- {row_error:.1e}; {out} was not written"
+        )
+    atomic_write_bytes(out, data)
+    report = {
+        "path": str(out),
+        "members": meta["ensemble"],
+        "parameters": meta["parameters"],
+        "precision": meta["precision"],
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "parity": {"faces": CHECK_FACES, "max_abs_diff": diff, "max_row_sum_error": row_error},
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    shown = " + ".join(f"{w:.2f} x {name}" for name, w in zip(names, weights))
+    log(f"wrote {out} ({shown}; {len(data) / 1e6:.1f} MB, sha256 {report['sha256'][:12]}; "
+        f"max |ensemble - members| {diff:.1e})")
+    return report
+
+
+def main(argv=None) -> None:
+    from fer_sdk.errors import FerSdkError
+
+    ap = argparse.ArgumentParser(description="Average exported FER models into one ONNX file.")
+    ap.add_argument("--member", action="append", default=[], required=True,
+                    help="MODEL=WEIGHT, a bundled name or .onnx path; repeat for each member")
+    ap.add_argument("--out", type=Path, required=True, help="the ensemble .onnx to write")
+    args = ap.parse_args(argv)
+    try:
+        build_ensemble(args.member, args.out)
+    except FerSdkError as exc:
+        ap.exit(exc.exit_code, f"error: {exc}\n")
+
+
+if __name__ == "__main__":
+    main()
