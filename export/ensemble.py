@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import time
@@ -26,7 +25,7 @@ from fer_sdk.errors import DependencyError, InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes, check_output_file
 from fer_sdk.registry import resolve_model, sha256_file
 
-from .convert import PARITY_ATOL, SUM_ATOL, checked_bytes, onnx_metadata, ort_predict, ort_session, stamp
+from .convert import PARITY_ATOL, SUM_ATOL, checked_bytes, ort_predict, ort_session, producer_versions, stamp
 
 #: Random faces the merged graph is checked on against its members (no dataset needed).
 CHECK_FACES = 64
@@ -76,20 +75,23 @@ def parse_members(items) -> list[tuple[str, float]]:
 
 
 def _load_member(model, onnx):
+    """``(name, path, proto, metadata)`` of one member; typed errors for anything that is not a model we export."""
+    from fer_sdk.runtime import read_metadata
+
     path, spec = resolve_model(model)  # bundled names are sha256-checked here
-    proto = onnx.load(str(path))
     try:
-        meta = onnx_metadata(proto)
-    except (ModelError, json.JSONDecodeError) as exc:
-        raise ModelError(f"ensemble member {str(model)!r} ({path}) has no usable fer-sdk metadata: {exc}") from None
-    if meta.get("format", 0) > METADATA_FORMAT:
-        raise ModelError(f"ensemble member {path} has metadata format {meta.get('format')}; upgrade fer-sdk")
+        data = path.read_bytes()
+        proto = onnx.load_from_string(data)
+        session = ort_session(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf, ONNX Runtime and OS errors all mean "not a usable model"
+        raise ModelError(
+            f"ensemble member {str(model)!r} ({path}) is not a loadable ONNX model ({type(exc).__name__}: {exc}); "
+            "pass a bundled model name or an .onnx file written by fer-sdk export"
+        ) from None
+    meta = read_metadata(session, path)  # typed errors; checks the [N, 48, 48, 1] -> [N, 7] contract
     if meta.get("ensemble"):
-        raise InvalidInputError(
-            f"ensemble member {str(model)!r} is itself an ensemble; list its members instead"
-        )
-    name = spec.name if spec else path.stem
-    return name, path, proto, meta
+        raise InvalidInputError(f"ensemble member {str(model)!r} is itself an ensemble; list its members instead")
+    return (spec.name if spec else path.stem), path, proto, meta
 
 
 def _opsets(protos) -> list:
@@ -108,35 +110,40 @@ def _opsets(protos) -> list:
     return [helper.make_opsetid(domain, max(v)) for domain, v in versions.items()]
 
 
-def merge(protos, weights: list[float], n_labels: int, onnx):
-    """One ModelProto: ``faces`` -> each member graph -> ``sum(weight_i * probabilities_i)``."""
+def merge(protos, weights: list[float], meta: dict, onnx):
+    """One ModelProto: ``faces`` -> each member graph -> ``sum(weight_i * probabilities_i)``.
+
+    Each member's names get the prefix ``m<i>/`` (``onnx.compose.add_prefix``, subgraphs and functions
+    included) and an Identity feeds it the shared input; the ensemble's own tensors use the prefix ``ensemble/``.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes, initializers, value_info, outputs = [], [], [], []
+    nodes, initializers, value_info, functions, weighted = [], [], [], [], []
     for i, proto in enumerate(protos):
         prefix = f"m{i}/"
-        renamed = onnx.compose.add_prefix(proto, prefix, inplace=False)
-        g = renamed.graph
-        for node in g.node:
-            node.input[:] = [INPUT_NAME if name == prefix + INPUT_NAME else name for name in node.input]
-        nodes.extend(g.node)
-        initializers.extend(g.initializer)
-        value_info.extend(g.value_info)
-        weight = numpy_helper.from_array(np.array(weights[i], np.float32), f"{prefix}ensemble_weight")
+        g = onnx.compose.add_prefix(proto, prefix, inplace=False)
+        nodes.append(helper.make_node("Identity", [INPUT_NAME], [prefix + INPUT_NAME], name=f"ensemble/input{i}"))
+        nodes.extend(g.graph.node)
+        initializers.extend(g.graph.initializer)
+        value_info.extend(g.graph.value_info)
+        functions.extend(g.functions)
+        weight = numpy_helper.from_array(np.array(weights[i], np.float32), f"ensemble/weight{i}")
         initializers.append(weight)
-        nodes.append(helper.make_node("Mul", [prefix + OUTPUT_NAME, weight.name], [f"{prefix}weighted"]))
-        outputs.append(f"{prefix}weighted")
-    nodes.append(helper.make_node("Sum", outputs, [OUTPUT_NAME], name="ensemble_sum"))
-    first = protos[0].graph
+        weighted.append(f"ensemble/weighted{i}")
+        nodes.append(helper.make_node("Mul", [prefix + OUTPUT_NAME, weight.name], [weighted[-1]],
+                                      name=f"ensemble/mul{i}"))
+    nodes.append(helper.make_node("Sum", weighted, [OUTPUT_NAME], name="ensemble/sum"))
+    spec = meta["input"]
+    shape = ["N", int(spec.get("height", 48)), int(spec.get("width", 48)), int(spec.get("channels", 1))]
     graph = helper.make_graph(
         nodes,
         "fer_ensemble",
-        [next(i for i in first.input if i.name == INPUT_NAME)],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", n_labels])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(meta["labels"])])],
         initializer=initializers,
         value_info=value_info,
     )
-    model = helper.make_model(graph, opset_imports=_opsets(protos))
+    model = helper.make_model(graph, opset_imports=_opsets(protos), functions=functions)
     model.ir_version = max(p.ir_version for p in protos)
     return model
 
@@ -157,6 +164,12 @@ def _check_members(members) -> None:
                 f"ensemble member {name!r} ({path}) must read one input {INPUT_NAME!r} and write {OUTPUT_NAME!r}; "
                 "re-export it with fer-sdk export"
             )
+        batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+        if batch.HasField("dim_value"):
+            raise ModelError(
+                f"ensemble member {name!r} ({path}) has a fixed batch size {batch.dim_value}; the ensemble takes "
+                "any batch: re-export it with fer-sdk export (dynamic batch axis N)"
+            )
 
 
 def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
@@ -171,15 +184,20 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     pairs = parse_members(members)
     out = check_output_file(out, option="out")
     total = sum(w for _, w in pairs)
+    if not math.isfinite(total):
+        raise InvalidInputError(f"ensemble weights {[w for _, w in pairs]} overflow; use weights like 0.7 and 0.3")
     weights = [w / total for _, w in pairs]
     loaded = [_load_member(model, onnx) for model, _ in pairs]
     _check_members(loaded)
     names = [name for name, *_ in loaded]
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"ensemble members {names} repeat a model; give each model once with its weight")
+    files = [path.resolve() for _, path, *_ in loaded]
+    if len(set(files)) != len(files):
+        raise InvalidInputError(
+            f"ensemble members {[str(f) for f in files]} repeat a model; give each model once with its weight"
+        )
 
     base = loaded[0][3]
-    proto = merge([p for _, _, p, _ in loaded], weights, len(base["labels"]), onnx)
+    proto = merge([p for _, _, p, _ in loaded], weights, base, onnx)
     precisions = {m.get("precision", "fp32") for *_, m in loaded}
     meta = {
         "format": METADATA_FORMAT,
@@ -194,14 +212,17 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
             for (name, path, _, m), w in zip(loaded, weights)
         ],
         "metrics": {},
-        "producer": base.get("producer", {}),
+        "producer": producer_versions(),  # the members' own producers are in their files
     }
     stamp(proto, meta)
     data = checked_bytes(proto, "ensemble")
 
     faces = np.random.default_rng(0).random((CHECK_FACES, 48, 48, 1), dtype=np.float32)
-    expected = sum(w * ort_predict(ort_session(p.SerializeToString()), faces) for w, (_, _, p, _) in zip(weights, loaded))
-    got = ort_predict(ort_session(data), faces)
+    try:
+        expected = sum(w * ort_predict(ort_session(p.SerializeToString()), faces) for w, (_, _, p, _) in zip(weights, loaded))
+        got = ort_predict(ort_session(data), faces)
+    except Exception as exc:  # noqa: BLE001 - an ONNX Runtime failure on the merged graph is a model problem
+        raise ModelError(f"ONNX Runtime cannot run the merged ensemble ({exc}); {out} was not written") from None
     diff = float(np.max(np.abs(got - expected)))
     row_error = float(np.max(np.abs(got.sum(1, dtype=np.float64) - 1)))
     if not diff <= PARITY_ATOL or not row_error <= SUM_ATOL:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
-from fer_sdk.errors import InvalidInputError
+from fer_sdk.errors import FerSdkError, InvalidInputError
 from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
 from fer_sdk.registry import sha256_file
@@ -34,9 +35,10 @@ KNOWN_LIMITS = [
 
 #: Extra known limits on an ensemble's card.
 ENSEMBLE_LIMITS = [
-    ("The member weights were chosen by PublicTest accuracy, the split reported here, so the ensemble's "
-    "gain over its best member is optimistic by a few tenths of a point."),
-    "It runs every member on each face: its latency is about the sum of the members' (see the benchmarks).",
+    ("Member weights chosen by PublicTest accuracy (as the bundled ensemble's were, from 0.5-0.8) make its "
+    "PublicTest gain over its best member optimistic by a few tenths of a point."),
+    ("It runs every member on each face: its latency is about the sum of the members' (`fer-sdk bench` times it "
+    "with the other bundled models)."),
 ]
 
 
@@ -256,20 +258,13 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, d
     the manifest."""
     from fer_sdk.data import load_split
 
-    from .ensemble import build_ensemble, parse_members
+    from .ensemble import build_ensemble
     from .pipeline import export_model
 
     models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
-    ensembles = {name: parse_members(members) for name, members in (ensembles or {}).items()}
-    shipped = {*manifest["models"], *runs, *(f"{arch}-int8" for arch in runs)}
-    for name, members in ensembles.items():  # checked before the slow exports
-        missing = [m for m, _ in members if m not in shipped]
-        if missing:
-            raise InvalidInputError(
-                f"ensemble {name!r}: members {missing} are not bundled models; choose from {', '.join(sorted(shipped))}"
-            )
+    ensembles = _plan_ensembles(manifest, models_dir, runs, ensembles or {}, log)  # checked before slow work
     public = load_split(data, "PublicTest")
     (models_dir / "cards").mkdir(parents=True, exist_ok=True)
     for arch, run in runs.items():
@@ -292,6 +287,44 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, d
     manifest["models"] = dict(sorted(manifest["models"].items()))
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _plan_ensembles(manifest: dict, models_dir: Path, runs: dict, requested: dict, log) -> dict:
+    """The ensembles to build: the ``requested`` ones, checked, plus every bundled ensemble whose members
+    this call re-ships (rebuilt with its card's weights, so no ensemble is left averaging old files)."""
+    from .ensemble import parse_members
+
+    reshipped = {*runs, *(f"{arch}-int8" for arch in runs)}
+    models = manifest["models"]
+    plan = {name: parse_members(members) for name, members in requested.items()}
+    for name, entry in models.items():
+        if entry.get("architecture") != "ensemble" or name in plan:
+            continue
+        members = json.loads((models_dir / entry["card"]).read_text())["ensemble"]["members"]
+        if reshipped & {m["name"] for m in members}:
+            log(f"{name}: rebuilt because its members are re-shipped")
+            plan[name] = [(m["name"], m["weight"]) for m in members]
+    usable = sorted((set(models) | reshipped) - {n for n, e in models.items() if e.get("architecture") == "ensemble"})
+    for name, members in plan.items():
+        if not _NAME.fullmatch(name) or name.endswith(".onnx"):
+            raise InvalidInputError(f"ensemble name {name!r} must be a plain model name such as ensemble-int8")
+        if name in reshipped or (name in models and models[name].get("architecture") != "ensemble"):
+            raise InvalidInputError(
+                f"ensemble name {name!r} is a model this call or the manifest already has; choose a new name such "
+                "as ensemble-int8"
+            )
+        names = [m for m, _ in members]
+        bad = [m for m in names if m not in usable]
+        if bad:
+            raise InvalidInputError(
+                f"ensemble {name!r}: members {bad} are not bundled single models; choose from {', '.join(usable)}"
+            )
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"ensemble {name!r} repeats a member in {names}; give each model once")
+    return plan
 
 
 def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) -> dict:
@@ -354,7 +387,7 @@ def models_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Bundle trained runs into fer_sdk/models.")
     ap.add_argument("--data", type=Path, help="FER2013 CSV (.csv.gz) with Training and PublicTest")
     ap.add_argument("--run", action="append", default=[], help="ARCH=RUN_DIR, e.g. deep=runs/deep")
@@ -363,20 +396,31 @@ def main() -> None:
                     help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. "
                     "ensemble-int8=deep-int8:0.7,shallow-int8:0.3 (built after the runs)")
     ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.table:
         print(models_table(json.loads((bundled_models_dir() / "manifest.json").read_text())))
         return
     if not (args.run or args.ensemble) or args.data is None:
         ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR or --ensemble (or --table)")
-    runs = dict(item.split("=", 1) for item in args.run)
-    ensembles = {}
+    runs, ensembles = {}, {}
+    for item in args.run:
+        arch, sep, run = item.partition("=")
+        if not sep or not arch or not run:
+            ap.error(f"--run {item!r} must be ARCH=RUN_DIR, e.g. deep=runs/deep")
+        runs[arch] = Path(run)
     for item in args.ensemble:
         name, _, members = item.partition("=")
-        if not name or not members:
-            ap.error(f"--ensemble {item!r} must be NAME=MEMBER:WEIGHT,MEMBER:WEIGHT")
-        ensembles[name] = [member.replace(":", "=", 1) for member in members.split(",")]
-    ship({k: Path(v) for k, v in runs.items()}, args.data, default=args.default, ensembles=ensembles)
+        parts = members.split(",")
+        if not name or not all(":" in part and part.split(":", 1)[0] for part in parts):
+            ap.error(f"--ensemble {item!r} must be NAME=MEMBER:WEIGHT,MEMBER:WEIGHT, e.g. "
+                     "ensemble-int8=deep-int8:0.7,shallow-int8:0.3")
+        if name in ensembles:
+            ap.error(f"--ensemble {name!r} is given twice")
+        ensembles[name] = [part.replace(":", "=", 1) for part in parts]
+    try:
+        ship(runs, args.data, default=args.default, ensembles=ensembles)
+    except FerSdkError as exc:
+        ap.exit(exc.exit_code, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not SPECS, reason="no bundled models (fer_sdk/mo
 
 
 def test_the_four_models_are_bundled():
-    assert {s.name for s in SPECS} >= {"shallow", "deep", "shallow-int8", "deep-int8"}
+    assert {s.name for s in SPECS} >= {"shallow", "deep", "shallow-int8", "deep-int8", "ensemble-int8"}
     assert default_model_name() in {s.name for s in SPECS}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,14 +94,24 @@ def test_member_problems_are_typed_errors_and_write_nothing(tmp_path, make_onnx)
     a, b = _two_linear(tmp_path, make_onnx)
     bare = make_onnx(tmp_path / "bare.onnx", metadata=False, seed=2)
     out = tmp_path / "ens.onnx"
-    with pytest.raises(ModelError, match="no usable fer-sdk metadata"):
+    with pytest.raises(ModelError, match="bare.onnx has no fer-sdk metadata"):
         build_ensemble([(a, 1), (bare, 1)], out)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="junk.onnx.*is not a loadable ONNX model"):
+        build_ensemble([(a, 1), (tmp_path / "junk.onnx", 1)], out)
+    batch1 = onnx.load(str(b))
+    batch1.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(batch1, str(tmp_path / "batch1.onnx"))
+    with pytest.raises(ModelError, match="fixed batch size 1"):
+        build_ensemble([(a, 1), (tmp_path / "batch1.onnx", 1)], out)
+    with pytest.raises(InvalidInputError, match=r"overflow"):
+        build_ensemble([(a, 1e308), (b, 1e308)], out)
     with pytest.raises(ModelError, match="does not exist"):
         build_ensemble([(a, 1), (tmp_path / "missing.onnx", 1)], out)
     with pytest.raises(InvalidInputError, match="repeat a model"):
         build_ensemble([(a, 1), (a, 2)], out)
-    with pytest.raises(InvalidInputError, match="out"):
-        build_ensemble([(a, 1), (b, 1)], tmp_path)  # a folder
+    with pytest.raises(InvalidInputError, match="is a folder"):
+        build_ensemble([(a, 1), (b, 1)], tmp_path)
     build_ensemble([(a, 1), (b, 1)], out, log=lambda *_: None)
     with pytest.raises(InvalidInputError, match="itself an ensemble"):
         build_ensemble([(out, 1), (b, 1)], tmp_path / "nested.onnx")
@@ -110,8 +121,23 @@ def test_member_problems_are_typed_errors_and_write_nothing(tmp_path, make_onnx)
     onnx.save(old, str(tmp_path / "old.onnx"))
     with pytest.raises(ModelError, match=r"different ONNX opsets \[13, 17\]"):
         build_ensemble([(a, 1), (tmp_path / "old.onnx", 1)], tmp_path / "mixed.onnx")
+    copy = tmp_path / "sub" / "a.onnx"  # same file name, different file: not a repeat
+    copy.parent.mkdir()
+    copy.write_bytes(b.read_bytes())
+    build_ensemble([(a, 1), (copy, 1)], tmp_path / "same-stem.onnx", log=lambda *_: None)
     assert not (tmp_path / "nested.onnx").exists() and not (tmp_path / "mixed.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_a_merged_graph_that_disagrees_with_its_members_is_not_written(tmp_path, make_onnx, monkeypatch):
+    from fer_sdk.export import ensemble
+
+    a, b = _two_linear(tmp_path, make_onnx)
+    real_merge = ensemble.merge
+    monkeypatch.setattr(ensemble, "merge", lambda protos, weights, *rest: real_merge(protos, weights[::-1], *rest))
+    with pytest.raises(ModelError, match="differs from its members' weighted average"):
+        build_ensemble([(a, 3), (b, 1)], tmp_path / "ens.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx"]
 
 
 def test_module_cli(tmp_path, make_onnx, capsys):
@@ -138,7 +164,7 @@ def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, mak
     paths = {name: make_onnx(models_dir / f"{name}.onnx", seed=seed) for name, seed in (("a", 0), ("b", 1))}
     write_manifest(models_dir, {name: manifest_entry(p.name, p.read_bytes()) for name, p in paths.items()})
     csv = write_small_fer_csv(tmp_path / "small.csv", 0, 120)
-    with pytest.raises(InvalidInputError, match=r"members \['c'\] are not bundled models; choose from a, b"):
+    with pytest.raises(InvalidInputError, match=r"members \['c'\] are not bundled single models; choose from a, b"):
         ship({}, tmp_path / "never-read.csv", models_dir=models_dir, ensembles={"ens": ["a=1", "c=1"]})
 
     manifest = ship({}, csv, models_dir=models_dir, ensembles={"ens": ["a=0.6", "b=0.4"]}, log=lambda *_: None)
@@ -156,3 +182,47 @@ def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, mak
     text = (models_dir / "cards" / "ens.md").read_text()
     assert "Weighted ensemble of `a` and `b`" in text and "| `b` | 0.40 | fp32 |" in text
     assert "optimistic" in text and (models_dir / "cards" / "ens.png").stat().st_size > 500
+
+
+def test_ship_refuses_bad_ensemble_names_and_members_before_any_work(tmp_path, make_onnx, models_dir, capsys):
+    from fer_sdk.export import ship
+
+    paths = {name: make_onnx(models_dir / f"{name}.onnx", seed=seed) for name, seed in (("a", 0), ("b", 1))}
+    models = {name: manifest_entry(p.name, p.read_bytes()) for name, p in paths.items()}
+    models["ens"] = manifest_entry("ens.onnx", b"x", architecture="ensemble", card="cards/ens.json")
+    write_manifest(models_dir, models)
+    (models_dir / "cards").mkdir()
+    card = {"ensemble": {"members": [{"name": "a", "weight": 0.6}, {"name": "b", "weight": 0.4}]}}
+    (models_dir / "cards" / "ens.json").write_text(json.dumps(card))
+    never = tmp_path / "never-read.csv"
+    cases = {
+        "a": (["a=1", "b=1"], "'a' is a model this call or the manifest already has"),
+        "x.onnx": (["a=1", "b=1"], "must be a plain model name"),
+        "../x": (["a=1", "b=1"], "must be a plain model name"),
+        "e2": (["ens=1", "a=1"], r"members \['ens'\] are not bundled single models; choose from a, b"),
+        "e3": (["a=1", "a=2"], "repeats a member"),
+    }
+    for name, (members, words) in cases.items():
+        with pytest.raises(InvalidInputError, match=words):
+            ship.ship({}, never, models_dir=models_dir, ensembles={name: members})
+
+    # re-shipping a member rebuilds the bundled ensemble with its card's weights
+    plan = ship._plan_ensembles(json.loads((models_dir / "manifest.json").read_text()), models_dir,
+                                {"a": tmp_path / "run"}, {}, log=lambda *_: None)
+    assert plan == {"ens": [("a", 0.6), ("b", 0.4)]}
+    with pytest.raises(InvalidInputError, match="'a' is a model this call"):  # a run's output name
+        ship._plan_ensembles({"models": {}}, models_dir, {"a": tmp_path}, {"a": ["b=1", "a-int8=1"]}, print)
+
+    for argv, words in (
+        (["--ensemble", "e=a"], "must be NAME=MEMBER:WEIGHT"),
+        (["--ensemble", "e=a:1,"], "must be NAME=MEMBER:WEIGHT"),
+        (["--ensemble", "e=a:1,b:1", "--ensemble", "e=a:1,b:2"], "'e' is given twice"),
+        (["--run", "deep"], "must be ARCH=RUN_DIR"),
+        (["--ensemble", "e=a:1,zz:1"], r"error: ensemble 'e': members \['zz'\]"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            ship.main(["--data", str(never), *argv])
+        assert exit_info.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert re.search(words, err), (argv, err)
+        assert "Traceback" not in err
