@@ -36,7 +36,6 @@ SHARED_KEYS = ("labels", "input", "output")
 def _require_onnx():
     try:
         import onnx
-        import onnx.compose
     except ImportError as exc:
         raise DependencyError(
             f"building an ensemble needs onnx ({exc.name} is missing); run: pip install \"fer-sdk[cpu,train]\""
@@ -110,23 +109,49 @@ def _opsets(protos) -> list:
     return [helper.make_opsetid(domain, max(v)) for domain, v in versions.items()]
 
 
+def _prefix_names(graph, prefix: str) -> None:
+    """Prefix every tensor and node name of ``graph`` and its subgraphs, in place.
+
+    Renaming every occurrence the same way keeps outer-scope references inside If/Loop bodies intact
+    (``onnx.compose.add_prefix`` misses outer initializers read by a subgraph). Empty names (omitted optional
+    inputs) stay empty.
+    """
+    def p(name: str) -> str:
+        return prefix + name if name else name
+
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        value.name = p(value.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = p(sparse.values.name)
+        sparse.indices.name = p(sparse.indices.name)
+    for node in graph.node:
+        node.input[:] = [p(n) for n in node.input]
+        node.output[:] = [p(n) for n in node.output]
+        node.name = p(node.name)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _prefix_names(sub, prefix)
+
+
 def merge(protos, weights: list[float], meta: dict, onnx):
     """One ModelProto: ``faces`` -> each member graph -> ``sum(weight_i * probabilities_i)``.
 
-    Each member's names get the prefix ``m<i>/`` (``onnx.compose.add_prefix``, subgraphs and functions
-    included) and an Identity feeds it the shared input; the ensemble's own tensors use the prefix ``ensemble/``.
+    Every name in member ``i`` gets the prefix ``m<i>/`` (``_prefix_names``) and an Identity feeds it the
+    shared input; the ensemble's own tensors use the prefix ``ensemble/``.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, initializers, value_info, functions, weighted = [], [], [], [], []
     for i, proto in enumerate(protos):
         prefix = f"m{i}/"
-        g = onnx.compose.add_prefix(proto, prefix, inplace=False)
+        g = onnx.GraphProto()
+        g.CopyFrom(proto.graph)
+        _prefix_names(g, prefix)
         nodes.append(helper.make_node("Identity", [INPUT_NAME], [prefix + INPUT_NAME], name=f"ensemble/input{i}"))
-        nodes.extend(g.graph.node)
-        initializers.extend(g.graph.initializer)
-        value_info.extend(g.graph.value_info)
-        functions.extend(g.functions)
+        nodes.extend(g.node)
+        initializers.extend(g.initializer)
+        value_info.extend(g.value_info)
+        functions.extend(proto.functions)
         weight = numpy_helper.from_array(np.array(weights[i], np.float32), f"ensemble/weight{i}")
         initializers.append(weight)
         weighted.append(f"ensemble/weighted{i}")

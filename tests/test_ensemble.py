@@ -226,3 +226,28 @@ def test_ship_refuses_bad_ensemble_names_and_members_before_any_work(tmp_path, m
         err = capsys.readouterr().err
         assert re.search(words, err), (argv, err)
         assert "Traceback" not in err
+
+
+def test_a_member_whose_subgraphs_read_the_input_is_merged(tmp_path, make_onnx, faces):
+    """Members are fed through an Identity, so an If branch reading ``faces`` from the outer scope still works."""
+    from onnx import helper, numpy_helper
+
+    a = make_onnx(tmp_path / "a.onnx", seed=0)
+    linear = onnx.load(str(make_onnx(tmp_path / "b.onnx", seed=1)))
+    branch = helper.make_graph(list(linear.graph.node), "branch", [], list(linear.graph.output))
+    graph = helper.make_graph(
+        [helper.make_node("If", ["always"], ["probabilities"], then_branch=branch, else_branch=branch)],
+        "with_if",
+        list(linear.graph.input),
+        list(linear.graph.output),
+        initializer=[*linear.graph.initializer, numpy_helper.from_array(np.array(True), "always")],
+    )
+    model = helper.make_model(graph, opset_imports=list(linear.opset_import))
+    model.ir_version = linear.ir_version
+    model.metadata_props.extend(linear.metadata_props)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "if.onnx"))
+
+    build_ensemble([(a, 1), (tmp_path / "if.onnx", 1)], tmp_path / "ens.onnx", log=lambda *_: None)
+    expected = (Classifier(a).predict_proba(faces) + Classifier(tmp_path / "b.onnx").predict_proba(faces)) / 2
+    np.testing.assert_allclose(Classifier(tmp_path / "ens.onnx").predict_proba(faces), expected, atol=1e-6)
