@@ -14,6 +14,7 @@ check raises ``ModelError`` and leaves any previous file untouched.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import os
@@ -43,17 +44,20 @@ OFFSET = 0.0
 _TRAIN_EXTRA = 'pip install "fer-sdk[train]"'
 
 
+def require_modules(*names: str, needs: str, install: str) -> list:
+    """Import and return the modules ``names``; when one is missing raise ``DependencyError`` saying
+    ``"<needs> (<module> is missing); run: <install>"``."""
+    try:
+        return [importlib.import_module(name) for name in names]
+    except ImportError as exc:
+        raise DependencyError(f"{needs} ({exc.name} is missing); run: {install}") from exc
+
+
 def _require_train_extra():
     """Import and return (tensorflow, keras, tf2onnx, onnx); raise DependencyError with the fix if missing."""
-    try:
-        import keras
-        import onnx
-        import tensorflow as tf
-        import tf2onnx
-    except ImportError as exc:
-        raise DependencyError(
-            f"ONNX export needs the train extra ({exc.name} is missing); run: {_TRAIN_EXTRA}"
-        ) from exc
+    keras, onnx, tf, tf2onnx = require_modules(
+        "keras", "onnx", "tensorflow", "tf2onnx", needs="ONNX export needs the train extra", install=_TRAIN_EXTRA
+    )
     if keras.backend.backend() != "tensorflow":
         raise FerSdkError(
             f"ONNX export converts through TensorFlow but Keras runs the {keras.backend.backend()!r} backend; "

@@ -16,16 +16,27 @@ import hashlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, METADATA_FORMAT, OUTPUT_NAME
-from fer_sdk.errors import DependencyError, InvalidInputError, ModelError
+from fer_sdk.errors import FerSdkError, InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes, check_output_file
-from fer_sdk.registry import resolve_model, sha256_file
+from fer_sdk.registry import resolve_model
 
-from .convert import PARITY_ATOL, SUM_ATOL, checked_bytes, ort_predict, ort_session, producer_versions, stamp
+from .convert import (
+    PARITY_ATOL,
+    SUM_ATOL,
+    checked_bytes,
+    ort_predict,
+    ort_session,
+    producer_versions,
+    require_modules,
+    stamp,
+)
 
 #: Random faces the merged graph is checked on against its members (no dataset needed).
 CHECK_FACES = 64
@@ -33,14 +44,16 @@ CHECK_FACES = 64
 SHARED_KEYS = ("labels", "input", "output")
 
 
-def _require_onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise DependencyError(
-            f"building an ensemble needs onnx ({exc.name} is missing); run: pip install \"fer-sdk[cpu,train]\""
-        ) from exc
-    return onnx
+@dataclass(frozen=True)
+class _Member:
+    """One loaded member: its ONNX Runtime session (kept for the parity check) and its file's sha256."""
+
+    name: str
+    path: Path
+    proto: Any
+    meta: dict
+    session: Any
+    sha256: str
 
 
 def parse_members(items) -> list[tuple[str, float]]:
@@ -59,10 +72,9 @@ def parse_members(items) -> list[tuple[str, float]]:
                 raise InvalidInputError(
                     f"ensemble member {item!r}: weight {weight!r} is not a number; write e.g. {model}=0.5"
                 ) from None
-            members.append((model, weight))
         else:
             model, weight = item
-            members.append((model, weight))
+        members.append((model, weight))
     if len(members) < 2:
         raise InvalidInputError(
             f"an ensemble needs at least 2 members, got {len(members)}; pass e.g. deep-int8=0.7 shallow-int8=0.3"
@@ -73,8 +85,8 @@ def parse_members(items) -> list[tuple[str, float]]:
     return [(m, float(w)) for m, w in members]
 
 
-def _load_member(model, onnx):
-    """``(name, path, proto, metadata)`` of one member; typed errors for anything that is not a model we export."""
+def _load_member(model, onnx) -> _Member:
+    """One member, read once; typed errors for anything that is not a model this project exports."""
     from fer_sdk.runtime import read_metadata
 
     path, spec = resolve_model(model)  # bundled names are sha256-checked here
@@ -90,7 +102,7 @@ def _load_member(model, onnx):
     meta = read_metadata(session, path)  # typed errors; checks the [N, 48, 48, 1] -> [N, 7] contract
     if meta.get("ensemble"):
         raise InvalidInputError(f"ensemble member {str(model)!r} is itself an ensemble; list its members instead")
-    return (spec.name if spec else path.stem), path, proto, meta
+    return _Member(spec.name if spec else path.stem, path, proto, meta, session, hashlib.sha256(data).hexdigest())
 
 
 def _opsets(protos) -> list:
@@ -173,27 +185,28 @@ def merge(protos, weights: list[float], meta: dict, onnx):
     return model
 
 
-def _check_members(members) -> None:
-    base_name, _, _, base = members[0]
-    for name, path, proto, meta in members[1:]:
+def _check_members(members: list[_Member]) -> None:
+    base = members[0]
+    for m in members[1:]:
         for key in SHARED_KEYS:
-            if meta.get(key) != base.get(key):
+            if m.meta.get(key) != base.meta.get(key):
                 raise ModelError(
-                    f"ensemble members {base_name!r} and {name!r} differ in metadata {key!r} "
-                    f"({base.get(key)!r} vs {meta.get(key)!r}); only models with the same labels and "
+                    f"ensemble members {base.name!r} and {m.name!r} differ in metadata {key!r} "
+                    f"({base.meta.get(key)!r} vs {m.meta.get(key)!r}); only models with the same labels and "
                     "preprocessing can be averaged"
                 )
-    for name, path, proto, meta in members:
-        if [i.name for i in proto.graph.input] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in proto.graph.output]:
+    for m in members:
+        graph = m.proto.graph
+        if [i.name for i in graph.input] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in graph.output]:
             raise ModelError(
-                f"ensemble member {name!r} ({path}) must read one input {INPUT_NAME!r} and write {OUTPUT_NAME!r}; "
-                "re-export it with fer-sdk export"
+                f"ensemble member {m.name!r} ({m.path}) must read one input {INPUT_NAME!r} and write "
+                f"{OUTPUT_NAME!r}; re-export it with fer-sdk export"
             )
-        batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+        batch = graph.input[0].type.tensor_type.shape.dim[0]
         if batch.HasField("dim_value"):
             raise ModelError(
-                f"ensemble member {name!r} ({path}) has a fixed batch size {batch.dim_value}; the ensemble takes "
-                "any batch: re-export it with fer-sdk export (dynamic batch axis N)"
+                f"ensemble member {m.name!r} ({m.path}) has a fixed batch size {batch.dim_value}; the ensemble "
+                "takes any batch: re-export it with fer-sdk export (dynamic batch axis N)"
             )
 
 
@@ -204,7 +217,7 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     ``InvalidInputError`` for bad members or weights and ``ModelError`` for members that cannot be merged
     or a merged graph that does not reproduce the members; nothing is written then.
     """
-    onnx = _require_onnx()
+    (onnx,) = require_modules("onnx", needs="building an ensemble needs onnx", install='pip install "fer-sdk[cpu,train]"')
     t_start = time.perf_counter()
     pairs = parse_members(members)
     out = check_output_file(out, option="out")
@@ -214,27 +227,26 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     weights = [w / total for _, w in pairs]
     loaded = [_load_member(model, onnx) for model, _ in pairs]
     _check_members(loaded)
-    names = [name for name, *_ in loaded]
-    files = [path.resolve() for _, path, *_ in loaded]
+    files = [m.path.resolve() for m in loaded]
     if len(set(files)) != len(files):
         raise InvalidInputError(
             f"ensemble members {[str(f) for f in files]} repeat a model; give each model once with its weight"
         )
 
-    base = loaded[0][3]
-    proto = merge([p for _, _, p, _ in loaded], weights, base, onnx)
-    precisions = {m.get("precision", "fp32") for *_, m in loaded}
+    base = loaded[0].meta
+    proto = merge([m.proto for m in loaded], weights, base, onnx)
+    precisions = {m.meta.get("precision", "fp32") for m in loaded}
     meta = {
         "format": METADATA_FORMAT,
         **{key: base[key] for key in SHARED_KEYS},
         "architecture": "ensemble",
         "precision": precisions.pop() if len(precisions) == 1 else "mixed",
-        "parameters": int(sum(int(m.get("parameters", 0)) for *_, m in loaded)),
-        "source_sha256": hashlib.sha256("".join(m.get("source_sha256", "") for *_, m in loaded).encode()).hexdigest(),
+        "parameters": int(sum(int(m.meta.get("parameters", 0)) for m in loaded)),
+        "source_sha256": hashlib.sha256("".join(m.meta.get("source_sha256", "") for m in loaded).encode()).hexdigest(),
         "ensemble": [
-            {"name": name, "file": path.name, "sha256": sha256_file(path), "architecture": m.get("architecture"),
-             "precision": m.get("precision", "fp32"), "parameters": m.get("parameters"), "weight": w}
-            for (name, path, _, m), w in zip(loaded, weights)
+            {"name": m.name, "file": m.path.name, "sha256": m.sha256, "architecture": m.meta.get("architecture"),
+             "precision": m.meta.get("precision", "fp32"), "parameters": m.meta.get("parameters"), "weight": w}
+            for m, w in zip(loaded, weights)
         ],
         "metrics": {},
         "producer": producer_versions(),  # the members' own producers are in their files
@@ -244,7 +256,7 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
 
     faces = np.random.default_rng(0).random((CHECK_FACES, 48, 48, 1), dtype=np.float32)
     try:
-        expected = sum(w * ort_predict(ort_session(p.SerializeToString()), faces) for w, (_, _, p, _) in zip(weights, loaded))
+        expected = sum(w * ort_predict(m.session, faces) for m, w in zip(loaded, weights))
         got = ort_predict(ort_session(data), faces)
     except Exception as exc:  # noqa: BLE001 - an ONNX Runtime failure on the merged graph is a model problem
         raise ModelError(f"ONNX Runtime cannot run the merged ensemble ({exc}); {out} was not written") from None
@@ -266,15 +278,13 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
         "parity": {"faces": CHECK_FACES, "max_abs_diff": diff, "max_row_sum_error": row_error},
         "seconds": round(time.perf_counter() - t_start, 2),
     }
-    shown = " + ".join(f"{w:.2f} x {name}" for name, w in zip(names, weights))
+    shown = " + ".join(f"{w:.2f} x {m.name}" for m, w in zip(loaded, weights))
     log(f"wrote {out} ({shown}; {len(data) / 1e6:.1f} MB, sha256 {report['sha256'][:12]}; "
         f"max |ensemble - members| {diff:.1e})")
     return report
 
 
 def main(argv=None) -> None:
-    from fer_sdk.errors import FerSdkError
-
     ap = argparse.ArgumentParser(description="Average exported FER models into one ONNX file.")
     ap.add_argument("--member", action="append", default=[], required=True,
                     help="MODEL=WEIGHT, a bundled name or .onnx path; repeat for each member")

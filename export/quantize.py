@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
-from fer_sdk.errors import DependencyError, InvalidInputError, ModelError
+from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes
 
 from .convert import (
@@ -40,6 +40,7 @@ from .convert import (
     onnx_metadata,
     ort_predict,
     ort_session,
+    require_modules,
     stamp,
 )
 
@@ -51,14 +52,10 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def _require_ort_quantization():
-    try:
-        import onnx
-        from onnxruntime import quantization
-    except ImportError as exc:
-        raise DependencyError(
-            f'INT8 quantization needs onnx and onnxruntime ({exc.name} is missing); run: pip install "fer-sdk[train]"'
-        ) from exc
-    return onnx, quantization
+    return require_modules(
+        "onnx", "onnxruntime.quantization", needs="INT8 quantization needs onnx and onnxruntime",
+        install='pip install "fer-sdk[train]"',
+    )
 
 
 class FaceCalibrationReader:

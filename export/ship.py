@@ -20,6 +20,8 @@ from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
 from fer_sdk.registry import sha256_file
 
+from .ensemble import build_ensemble, parse_members
+
 KNOWN_LIMITS = [
     ("FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
     "views, occlusions, strong lighting and faces far from that distribution."),
@@ -258,7 +260,6 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, d
     the manifest."""
     from fer_sdk.data import load_split
 
-    from .ensemble import build_ensemble
     from .pipeline import export_model
 
     models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
@@ -295,23 +296,20 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 def _plan_ensembles(manifest: dict, models_dir: Path, runs: dict, requested: dict, log) -> dict:
     """The ensembles to build: the ``requested`` ones, checked, plus every bundled ensemble whose members
     this call re-ships (rebuilt with its card's weights, so no ensemble is left averaging old files)."""
-    from .ensemble import parse_members
-
     reshipped = {*runs, *(f"{arch}-int8" for arch in runs)}
     models = manifest["models"]
+    bundled_ensembles = {name for name, entry in models.items() if entry.get("architecture") == "ensemble"}
     plan = {name: parse_members(members) for name, members in requested.items()}
-    for name, entry in models.items():
-        if entry.get("architecture") != "ensemble" or name in plan:
-            continue
-        members = json.loads((models_dir / entry["card"]).read_text())["ensemble"]["members"]
+    for name in sorted(bundled_ensembles - set(plan)):
+        members = json.loads((models_dir / models[name]["card"]).read_text())["ensemble"]["members"]
         if reshipped & {m["name"] for m in members}:
             log(f"{name}: rebuilt because its members are re-shipped")
             plan[name] = [(m["name"], m["weight"]) for m in members]
-    usable = sorted((set(models) | reshipped) - {n for n, e in models.items() if e.get("architecture") == "ensemble"})
+    usable = sorted((set(models) | reshipped) - bundled_ensembles)
     for name, members in plan.items():
         if not _NAME.fullmatch(name) or name.endswith(".onnx"):
             raise InvalidInputError(f"ensemble name {name!r} must be a plain model name such as ensemble-int8")
-        if name in reshipped or (name in models and models[name].get("architecture") != "ensemble"):
+        if name in reshipped or (name in models and name not in bundled_ensembles):
             raise InvalidInputError(
                 f"ensemble name {name!r} is a model this call or the manifest already has; choose a new name such "
                 "as ensemble-int8"

@@ -161,7 +161,7 @@ def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, mak
 
     from fer_sdk.evaluate import evaluate
 
-    paths = {name: make_onnx(models_dir / f"{name}.onnx", seed=seed) for name, seed in (("a", 0), ("b", 1))}
+    paths = dict(zip("ab", _two_linear(models_dir, make_onnx)))
     write_manifest(models_dir, {name: manifest_entry(p.name, p.read_bytes()) for name, p in paths.items()})
     csv = write_small_fer_csv(tmp_path / "small.csv", 0, 120)
     with pytest.raises(InvalidInputError, match=r"members \['c'\] are not bundled single models; choose from a, b"):
@@ -187,7 +187,7 @@ def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, mak
 def test_ship_refuses_bad_ensemble_names_and_members_before_any_work(tmp_path, make_onnx, models_dir, capsys):
     from fer_sdk.export import ship
 
-    paths = {name: make_onnx(models_dir / f"{name}.onnx", seed=seed) for name, seed in (("a", 0), ("b", 1))}
+    paths = dict(zip("ab", _two_linear(models_dir, make_onnx)))
     models = {name: manifest_entry(p.name, p.read_bytes()) for name, p in paths.items()}
     models["ens"] = manifest_entry("ens.onnx", b"x", architecture="ensemble", card="cards/ens.json")
     write_manifest(models_dir, models)
