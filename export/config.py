@@ -47,6 +47,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # shorten the schedule so training ends within this many seconds
     precision: str = "float32"  # or "mixed_bfloat16": ~2x faster on CPUs with AVX512-BF16 / AMX
     snapshots: bool = False  # also keep the network of every epoch as snapshots/epoch_NNN.keras (for averaging)
+    teacher: str | None = None  # knowledge distillation: a bundled model name or .onnx path (see distill.py)
+    teacher_weight: float = 0.5  # share of the teacher's probabilities in each target (with a teacher)
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
     def __post_init__(self) -> None:
@@ -80,6 +82,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise InvalidInputError(f"{name}={value!r} must be in [0, 1) (e.g. {name}={example})")
+        if not 0 < self.teacher_weight <= 1:
+            raise InvalidInputError(
+                f"teacher_weight={self.teacher_weight!r} must be in (0, 1] (e.g. teacher_weight=0.5)"
+            )
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InvalidInputError(
                 f"time_budget_s={self.time_budget_s!r} must be > 0 seconds (e.g. time_budget_s=3600)"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.constants import EMOTIONS
 from fer_sdk.errors import FerSdkError
 from fer_sdk.io import atomic_write_json
 
@@ -24,6 +23,7 @@ from .train import (
     apply_time_budget,
     build_training_model,
     class_weights,
+    distillation_targets,
     evaluate_run,
     lr_at,
     save_epoch_network,
@@ -59,7 +59,9 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
     lr_idx = _lr_index(opt)
 
     x_dev = jnp.asarray(to_model_input(data.x_train))
-    y_dev = jnp.asarray(np.eye(len(EMOTIONS), dtype=np.float32)[data.y_train])
+    st = {"epochs_done": 0, "planned_epochs": cfg.epochs, "requested_epochs": cfg.epochs,
+          "best_val_accuracy": -1.0, "best_epoch": 0, "wall_time_s": 0.0, "history": []}
+    y_dev = jnp.asarray(distillation_targets(cfg, data, st, log))  # one-hot labels, mixed with a teacher's
     w_dev = jnp.asarray(class_weights(data.y_train, cfg.class_weighting)[data.y_train].astype(np.float32))
     xv_dev = jnp.asarray(to_model_input(data.x_val))
     yv = np.asarray(data.y_val)
@@ -107,8 +109,6 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
         [v.value for v in opt.variables],
     )
     rng = np.random.default_rng(cfg.seed)
-    st = {"epochs_done": 0, "planned_epochs": cfg.epochs, "requested_epochs": cfg.epochs,
-          "best_val_accuracy": -1.0, "best_epoch": 0, "wall_time_s": 0.0, "history": []}
     import dataclasses
 
     atomic_write_json(out / "config.json", dataclasses.asdict(cfg))

@@ -60,6 +60,7 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         f"--seed {cfg['seed']}",
         f"--precision {cfg['precision']}" if cfg.get("precision", "float32") != "float32" else None,
         "--snapshots" if cfg.get("snapshots") else None,
+        f"--teacher {cfg['teacher']} --teacher-weight {cfg['teacher_weight']}" if cfg.get("teacher") else None,
     ]
     return " ".join(p for p in parts if p)
 
@@ -193,7 +194,7 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
             metrics = {**metrics, "config": {**metrics["config"], "init_from": f"{outs[i - 1]}/best.keras"}}
         backend = metrics["hardware"].get("backend")
         stage = {
-            "recipe": recipe_text(metrics["config"]),
+            "recipe": recipe_text(metrics["config"], metrics.get("teacher_sha256")),
             "config": metrics["config"],
             "epochs": metrics["epochs"],
             "best_epoch": metrics["best_epoch"],
@@ -234,7 +235,7 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
     }
 
 
-def recipe_text(cfg: dict) -> str:
+def recipe_text(cfg: dict, teacher_sha256: str | None = None) -> str:
     return (
         f"{cfg['optimizer'].upper()} (peak lr {cfg['lr']}, weight decay {cfg['weight_decay']}), batch "
         f"{cfg['batch_size']}, {cfg['warmup_epochs']} warm-up epochs then cosine decay; label smoothing "
@@ -242,6 +243,10 @@ def recipe_text(cfg: dict) -> str:
         f"{cfg['fc_dropout']} (FC); augmentation "
         + (AUGMENT_TEXT[cfg.get("augment_level", "strong")] if cfg["augment"] else "off")
         + ("; mixed bfloat16 compute" if cfg.get("precision") == "mixed_bfloat16" else "")
+        + (f"; distilled from teacher `{Path(cfg['teacher']).name}`"
+           + (f" (sha256 {teacher_sha256[:12]}...)" if teacher_sha256 else "")
+           + f": targets {1 - cfg['teacher_weight']:g} x label + {cfg['teacher_weight']:g} x the teacher's "
+           "flip-averaged probabilities" if cfg.get("teacher") else "")
     )
 
 

@@ -359,8 +359,8 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
 
     x_train, x_val = to_model_input(data.x_train), to_model_input(data.x_val)
-    eye = np.eye(len(EMOTIONS), dtype=np.float32)
-    y_train, y_val = eye[data.y_train], eye[data.y_val]
+    y_train = distillation_targets(cfg, data, state, log)
+    y_val = np.eye(len(EMOTIONS), dtype=np.float32)[data.y_val]
     sample_weight = class_weights(data.y_train, cfg.class_weighting)[data.y_train].astype(np.float32)
 
     if state["epochs_done"] < state["planned_epochs"]:
@@ -387,6 +387,25 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         f"(epoch {state['best_epoch']}), flip-TTA {metrics['splits'][data.val_name]['accuracy_flip_tta']:.4f}"
     )
     return metrics
+
+
+def distillation_targets(cfg: TrainConfig, data: Splits, state: dict, log) -> np.ndarray:
+    """The Training targets: one-hot labels, mixed with ``cfg.teacher``'s probabilities when it is set.
+
+    The teacher's sha256 is kept in ``state``: resuming with a different file under the same name is refused.
+    """
+    from .distill import teacher_probabilities, training_targets
+
+    probs = None
+    if cfg.teacher:
+        probs, sha = teacher_probabilities(cfg.teacher, data.x_train, log=log)
+        known = state.setdefault("teacher_sha256", sha)
+        if known != sha:
+            raise InvalidInputError(
+                f"cannot resume: teacher {cfg.teacher} has sha256 {sha[:12]}..., but the run was trained with "
+                f"{known[:12]}...; restore that teacher file or start a new --out"
+            )
+    return training_targets(data.y_train, probs, cfg.teacher_weight)
 
 
 def _enable_determinism() -> None:
@@ -423,6 +442,7 @@ def evaluate_run(out: Path, data: Splits, cfg: TrainConfig, state: dict, *, pred
         "config": dataclasses.asdict(cfg),
         "command": cfg.command,
         "selection_split": data.val_name,
+        **({"teacher_sha256": state["teacher_sha256"]} if state.get("teacher_sha256") else {}),
         "best_epoch": state["best_epoch"],
         "epochs": state["epochs_done"],
         "wall_time_s": round(state["wall_time_s"], 1),

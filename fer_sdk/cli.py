@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import DependencyError, FerSdkError
+from .errors import DependencyError, FerSdkError, InvalidInputError
 from .export.config import ARCHITECTURES, AUGMENT_LEVELS, CLASS_WEIGHTINGS, OPTIMIZERS, PRECISIONS
 
 PARTIAL_FAILURE_EXIT = 8
@@ -289,6 +289,13 @@ def train(
     snapshots: Annotated[
         bool, typer.Option("--snapshots", help="Keep every epoch's network in OUT/snapshots (for weight averaging).")
     ] = False,
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="Distil from this model (bundled name or .onnx): targets mix its flip-averaged probabilities."),
+    ] = None,
+    teacher_weight: Annotated[
+        float | None, typer.Option(help="Share of the teacher's probabilities in each target, in (0, 1] (default 0.5).")
+    ] = None,
 ) -> None:
     """Train a CNN on FER2013 (GPU when the Keras backend sees one, CPU otherwise)."""
     with _errors():
@@ -305,7 +312,16 @@ def train(
             augment_level=(aug_level or AugLevel.strong).value, dropout=dropout, fc_dropout=fc_dropout,
             init_from=str(init_from) if init_from else None, seed=seed, time_budget_s=time_budget,
             snapshots=snapshots, precision=(precision or Precision.float32).value,
+            teacher=teacher, teacher_weight=0.5 if teacher_weight is None else teacher_weight,
         )
+        if teacher_weight is not None and teacher is None:
+            raise InvalidInputError(
+                "--teacher-weight needs --teacher (the model to distil from); add e.g. --teacher ensemble-int8"
+            )
+        if teacher:
+            from .export.distill import resolve_teacher
+
+            resolve_teacher(teacher)  # a missing teacher fails now, not after TensorFlow has loaded
         _require_train_extra()
         from .export.train import load_splits
         from .export.train import train as run_training

@@ -1,0 +1,126 @@
+"""Knowledge distillation (``fer_sdk.export.distill`` and ``train(..., teacher=...)``).
+
+The teachers are real ONNX models run by ONNX Runtime (hand-made linear graphs from ``conftest``); the
+training tests fit the shallow CNN on 200 real FER2013 faces for a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import fer_splits, make_linear_onnx
+
+from fer_sdk.constants import EMOTIONS
+from fer_sdk.errors import InvalidInputError, ModelError
+from fer_sdk.export.config import TrainConfig
+from fer_sdk.export.distill import teacher_probabilities, training_targets
+from fer_sdk.registry import sha256_file
+
+HAPPY = EMOTIONS.index("happy")
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    return fer_splits(64, 1).x_train
+
+
+def test_targets_mix_labels_and_teacher():
+    labels = np.array([0, 3, 6])
+    teacher = np.random.default_rng(0).dirichlet(np.ones(7), size=3).astype(np.float32)
+    one_hot = training_targets(labels, None, 0.5)
+    assert one_hot.dtype == np.float32 and np.array_equal(one_hot, np.eye(7, dtype=np.float32)[labels])
+    mixed = training_targets(labels, teacher, 0.7)
+    np.testing.assert_allclose(mixed, 0.3 * one_hot + 0.7 * teacher, rtol=1e-6)
+    np.testing.assert_allclose(mixed.sum(1), 1, rtol=1e-6)
+    np.testing.assert_allclose(training_targets(labels, teacher, 1.0), teacher)
+    with pytest.raises(InvalidInputError, match=r"shape \(2, 7\), expected \(3, 7\)"):
+        training_targets(labels, teacher[:2], 0.5)
+
+
+def test_teacher_probabilities_are_the_flip_average(faces, tmp_path):
+    import onnxruntime as ort
+
+    path = make_linear_onnx(tmp_path / "teacher.onnx", seed=3)
+    probs, sha = teacher_probabilities(str(path), faces, log=quiet)
+    assert sha == sha256_file(path) and probs.shape == (len(faces), 7) and probs.dtype == np.float32
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = faces.astype(np.float32)[..., None] / 255
+    run = lambda batch: session.run(None, {session.get_inputs()[0].name: batch})[0]  # noqa: E731
+    np.testing.assert_allclose(probs, (run(x) + run(x[:, :, ::-1].copy())) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(probs, run(x), atol=1e-3)  # the mirror really is averaged in
+    # The same target for a face and its mirror: right under the flip augmentation.
+    mirrored, _ = teacher_probabilities(str(path), faces[:, :, ::-1].copy(), log=quiet)
+    np.testing.assert_allclose(mirrored, probs, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_teachers_are_refused(faces, tmp_path):
+    with pytest.raises(ModelError, match=r"--teacher .*missing\.onnx: model file .* does not exist"):
+        teacher_probabilities(str(tmp_path / "missing.onnx"), faces, log=quiet)
+    foreign = make_linear_onnx(tmp_path / "foreign.onnx", labels=[f"class{i}" for i in range(7)])
+    with pytest.raises(ModelError, match="not the FER2013 emotions"):
+        teacher_probabilities(str(foreign), faces, log=quiet)
+
+
+def test_teacher_columns_follow_label_names(faces, tmp_path):
+    weights = np.random.default_rng(5).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
+    plain = make_linear_onnx(tmp_path / "plain.onnx", weights=weights)
+    reversed_ = make_linear_onnx(tmp_path / "reversed.onnx", weights=weights[:, ::-1].copy(),
+                                 labels=list(reversed(EMOTIONS)))
+    a, _ = teacher_probabilities(str(plain), faces, log=quiet)
+    b, _ = teacher_probabilities(str(reversed_), faces, log=quiet)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight", [0.0, -0.2, 1.5, float("nan")])
+def test_teacher_weight_must_be_a_share(weight):
+    with pytest.raises(InvalidInputError, match="teacher_weight=.* must be in \\(0, 1\\]"):
+        TrainConfig(arch="shallow", teacher="t.onnx", teacher_weight=weight)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _happy_teacher(path):
+    """A teacher that says 'happy' for every face (probability ~1): all weight on one column."""
+    weights = np.zeros((48 * 48, 7), np.float32)
+    weights[:, HAPPY] = 0.05
+    return make_linear_onnx(path, weights=weights)
+
+
+@pytest.mark.train
+def test_training_follows_the_teacher(tmp_path):
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    from fer_sdk.export.train import predict_proba, train
+
+    splits = fer_splits(200, 100)
+    teacher = _happy_teacher(tmp_path / "happy.onnx")
+    common = {"arch": "shallow", "epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 0.01,
+              "warmup_epochs": 0, "augment_level": "flip", "class_weighting": "none", "label_smoothing": 0.0,
+              "seed": 0, "command": "pytest"}
+    runs = {}
+    for name, extra in (("labels", {}), ("teacher", {"teacher": str(teacher), "teacher_weight": 1.0})):
+        out = tmp_path / name
+        metrics = train(TrainConfig(**common, **extra), splits, out, log=quiet)
+        net = keras.models.load_model(out / "last.keras").layers[-1]
+        runs[name] = (metrics, predict_proba(net, splits.x_train).argmax(1))
+    happy_share = {name: float((pred == HAPPY).mean()) for name, (_, pred) in runs.items()}
+    assert happy_share["teacher"] > 0.95 > happy_share["labels"], happy_share  # it learnt the teacher, not the labels
+    metrics = runs["teacher"][0]
+    assert metrics["teacher_sha256"] == sha256_file(teacher) and "teacher_sha256" not in runs["labels"][0]
+    assert json.loads((tmp_path / "teacher" / "config.json").read_text())["teacher"] == str(teacher)
+
+    # Resuming with a different file under the teacher's name is refused, and nothing is written.
+    state = (tmp_path / "teacher" / "state.json").read_bytes()
+    make_linear_onnx(teacher, seed=1)
+    with pytest.raises(InvalidInputError, match="cannot resume: teacher .* sha256"):
+        train(TrainConfig(**{**common, "epochs": 4}, teacher=str(teacher), teacher_weight=1.0), splits,
+              tmp_path / "teacher", resume=True, log=quiet)
+    assert (tmp_path / "teacher" / "state.json").read_bytes() == state
