@@ -98,6 +98,7 @@ def _happy_teacher(path):
 def test_training_follows_the_teacher(tmp_path):
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
+    from fer_sdk.export import ship
     from fer_sdk.export.train import predict_proba, train
 
     splits = fer_splits(200, 100)
@@ -116,6 +117,12 @@ def test_training_follows_the_teacher(tmp_path):
     metrics = runs["teacher"][0]
     assert metrics["teacher_sha256"] == sha256_file(teacher) and "teacher_sha256" not in runs["labels"][0]
     assert json.loads((tmp_path / "teacher" / "config.json").read_text())["teacher"] == str(teacher)
+    # The model card's lineage names the teacher, its sha256 and the option that reproduces the run.
+    (stage,) = ship.training_stages(tmp_path / "teacher", metrics, "shallow")["stages"]
+    assert stage["command"].endswith(f"--teacher {teacher} --teacher-weight 1.0")
+    assert f"distilled from teacher `happy.onnx` (sha256 {metrics['teacher_sha256'][:12]}...)" in stage["recipe"]
+    (plain,) = ship.training_stages(tmp_path / "labels", runs["labels"][0], "shallow")["stages"]
+    assert "teacher" not in plain["command"] + plain["recipe"]
 
     # Resuming with a different file under the teacher's name is refused, and nothing is written.
     state = (tmp_path / "teacher" / "state.json").read_bytes()
