@@ -132,6 +132,8 @@ def average_run(
     atomic_write_json(out / "config.json", config)
     cfg = TrainConfig(**{**config, "command": command or shlex.join(sys.argv)})
     state = {"best_epoch": epochs[-1], "epochs_done": 0, "wall_time_s": time.perf_counter() - t0, "history": []}
+    if source.get("teacher_sha256"):  # a distilled run's teacher stays on record
+        state["teacher_sha256"] = source["teacher_sha256"]
     metrics = evaluate_run(out, data, cfg, state)
     metrics["average"] = {
         "run": str(run),

@@ -6,7 +6,9 @@ of the face's horizontal mirror: that average is the same for a face and its mir
 target under the flip augmentation (for geometric augmentation it is the clean face's target).
 
 Each face's training target is ``(1 - w) * one_hot(label) + w * teacher``, with ``w`` the teacher weight;
-label smoothing, when set, is applied on top by the loss, as without a teacher.
+label smoothing, when set, is applied on top by the loss, and class weights still follow the labels. With a
+teacher, the training ``accuracy`` in the log and ``history`` is agreement with the target's top class; the
+per-split metrics of ``metrics.json`` are always against the labels.
 """
 
 from __future__ import annotations
@@ -27,17 +29,33 @@ def resolve_teacher(teacher: str):
         raise ModelError(f"--teacher {teacher}: {exc}") from exc
 
 
-def teacher_probabilities(teacher: str, faces: np.ndarray, *, batch_size: int = 256, log=print) -> tuple[np.ndarray, str]:
-    """``(probabilities (N, 7) float32, teacher sha256)``: flip-averaged teacher output for uint8 ``faces``."""
+def open_teacher(teacher: str, *, batch_size: int = 256):
+    """The teacher as a flip-TTA :class:`~fer_sdk.Classifier`: its metadata is checked, and its columns come
+    in FER2013 label order whatever the file's order."""
     from fer_sdk import Classifier
+
+    return Classifier(str(resolve_teacher(teacher)), flip_tta=True, batch_size=batch_size)
+
+
+def teacher_probabilities(
+    teacher: str, faces: np.ndarray, *, expected_sha256: str | None = None, batch_size: int = 256, log=print
+) -> tuple[np.ndarray, str]:
+    """``(probabilities (N, 7) float32, teacher sha256)``: flip-averaged teacher output for uint8 ``faces``.
+
+    With ``expected_sha256`` (a resumed run's teacher) a different file is refused before anything runs.
+    """
     from fer_sdk.registry import sha256_file
 
     path = resolve_teacher(teacher)
-    # The Classifier checks the metadata and returns columns in FER2013 label order, whatever the file's order.
-    clf = Classifier(str(path), flip_tta=True, batch_size=batch_size)
+    sha = sha256_file(path)
+    if expected_sha256 and sha != expected_sha256:
+        raise InvalidInputError(
+            f"cannot resume: teacher {teacher} has sha256 {sha}, but the run was trained with {expected_sha256} "
+            "(state.json); pass the --teacher file with that sha256, or start a new --out"
+        )
+    clf = open_teacher(str(path), batch_size=batch_size)
     log(f"teacher {teacher}: flip-averaged probabilities for {len(faces)} Training faces")
-    probs = np.asarray(clf.predict_proba(faces), dtype=np.float32)
-    return probs, sha256_file(path)
+    return np.asarray(clf.predict_proba(faces), dtype=np.float32), sha
 
 
 def training_targets(labels: np.ndarray, teacher_probs: np.ndarray | None, teacher_weight: float) -> np.ndarray:

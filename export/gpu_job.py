@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="use keras model.fit instead of the on-device loop")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if json.loads(args.override).get("teacher"):
+        ap.error("--override: gpu_job does not distil (its parallel workers would all run the teacher on the "
+                 "CPU); train with a teacher through `fer-sdk train --teacher` instead")
     if args.worker:
         return worker(args)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 from fer_sdk.errors import FerSdkError, InvalidInputError
@@ -60,7 +61,7 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         f"--seed {cfg['seed']}",
         f"--precision {cfg['precision']}" if cfg.get("precision", "float32") != "float32" else None,
         "--snapshots" if cfg.get("snapshots") else None,
-        f"--teacher {cfg['teacher']} --teacher-weight {cfg['teacher_weight']}" if cfg.get("teacher") else None,
+        f"--teacher {shlex.quote(cfg['teacher'])} --teacher-weight {cfg['teacher_weight']}" if cfg.get("teacher") else None,
     ]
     return " ".join(p for p in parts if p)
 

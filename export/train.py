@@ -310,12 +310,15 @@ def apply_time_budget(cfg: TrainConfig, state: dict, epoch: int, log) -> None:
 
 def _check_resume(out: Path, cfg: TrainConfig) -> TrainConfig:
     saved = json.loads((out / "config.json").read_text())
+    # A key missing from an older run's config.json had its default then (e.g. no teacher).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     ignore = {"command", "time_budget_s", "epochs", "snapshots"}
-    diff = {
-        k: (saved[k], v)
-        for k, v in dataclasses.asdict(cfg).items()
-        if k not in ignore and k in saved and saved[k] != v
-    }
+    diff = {}
+    for k, v in dataclasses.asdict(cfg).items():
+        was = saved.get(k, defaults.get(k))
+        if k in ignore or was == v or (k == "teacher" and was and v):  # the same teacher: its sha256 decides
+            continue
+        diff[k] = (was, v)
     if diff:
         detail = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, (a, b) in diff.items())
         raise InvalidInputError(
@@ -333,7 +336,8 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
     if resume:
         require_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    if resume and state_file.exists() and (out / "last.keras").exists():
+    resume_run = resume and state_file.exists() and (out / "last.keras").exists()
+    if resume_run:
         cfg = _check_resume(out, cfg)
         state = json.loads(state_file.read_text())
         state["planned_epochs"] = max(state["planned_epochs"], state["epochs_done"])
@@ -356,10 +360,12 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             "wall_time_s": 0.0,
             "history": [],
         }
+        y_train = distillation_targets(cfg, data, state, log)  # a failing teacher leaves no run behind
         atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+    if resume_run:
+        y_train = distillation_targets(cfg, data, state, log)
 
     x_train, x_val = to_model_input(data.x_train), to_model_input(data.x_val)
-    y_train = distillation_targets(cfg, data, state, log)
     y_val = np.eye(len(EMOTIONS), dtype=np.float32)[data.y_val]
     sample_weight = class_weights(data.y_train, cfg.class_weighting)[data.y_train].astype(np.float32)
 
@@ -392,19 +398,15 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
 def distillation_targets(cfg: TrainConfig, data: Splits, state: dict, log) -> np.ndarray:
     """The Training targets: one-hot labels, mixed with ``cfg.teacher``'s probabilities when it is set.
 
-    The teacher's sha256 is kept in ``state``: resuming with a different file under the same name is refused.
+    The teacher's sha256 is kept in ``state``: resuming with a different file is refused before it runs.
     """
     from .distill import teacher_probabilities, training_targets
 
     probs = None
     if cfg.teacher:
-        probs, sha = teacher_probabilities(cfg.teacher, data.x_train, log=log)
-        known = state.setdefault("teacher_sha256", sha)
-        if known != sha:
-            raise InvalidInputError(
-                f"cannot resume: teacher {cfg.teacher} has sha256 {sha[:12]}..., but the run was trained with "
-                f"{known[:12]}...; restore that teacher file or start a new --out"
-            )
+        probs, sha = teacher_probabilities(cfg.teacher, data.x_train, expected_sha256=state.get("teacher_sha256"),
+                                           log=log)
+        state["teacher_sha256"] = sha
     return training_targets(data.y_train, probs, cfg.teacher_weight)
 
 

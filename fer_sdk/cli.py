@@ -305,6 +305,12 @@ def train(
             require_run(out)
             if epochs is None:
                 epochs = resumed_epochs(out)  # keep the run's schedule, not the architecture's default
+        if teacher is not None and not teacher.strip():
+            raise InvalidInputError("--teacher '' names no model; pass a bundled name (e.g. ensemble-int8) or a .onnx file")
+        if teacher_weight is not None and teacher is None:
+            raise InvalidInputError(
+                "--teacher-weight needs --teacher (the model to distil from); add e.g. --teacher ensemble-int8"
+            )
         cfg = TrainConfig(  # validates the recipe before TensorFlow is imported
             arch=arch.value, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr,
             weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
@@ -314,14 +320,10 @@ def train(
             snapshots=snapshots, precision=(precision or Precision.float32).value,
             teacher=teacher, teacher_weight=0.5 if teacher_weight is None else teacher_weight,
         )
-        if teacher_weight is not None and teacher is None:
-            raise InvalidInputError(
-                "--teacher-weight needs --teacher (the model to distil from); add e.g. --teacher ensemble-int8"
-            )
         if teacher:
-            from .export.distill import resolve_teacher
+            from .export.distill import open_teacher
 
-            resolve_teacher(teacher)  # a missing teacher fails now, not after TensorFlow has loaded
+            open_teacher(teacher)  # a missing or foreign teacher fails now, not after TensorFlow has loaded
         _require_train_extra()
         from .export.train import load_splits
         from .export.train import train as run_training

@@ -580,7 +580,7 @@ def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
         "from typer.testing import CliRunner\n"
         "from fer_sdk.cli import app\n"
         "for extra in (['--lr', '0'], ['--out', sys.argv[1], '--resume'], ['--time-budget', '-1'],\n"
-        "              ['--teacher-weight', '0.5'], ['--teacher', 'nope.onnx'], ['--teacher', 'deep', '--teacher-weight', '0'], []):\n"
+        "              ['--teacher-weight', '0'], ['--teacher', 'nope.onnx'], ['--teacher', 'deep', '--teacher-weight', '0'], []):\n"
         "    if not extra:  # after the six bad recipes: was TensorFlow or Keras imported?\n"
         "        print(sys.modules.get('tensorflow') is not None, sys.modules.get('keras') is not None)\n"
         "    r = CliRunner().invoke(app, ['train', '--arch', 'deep', '--data', 'x.csv', *extra])\n"

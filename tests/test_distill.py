@@ -6,16 +6,17 @@ training tests fit the shallow CNN on 200 real FER2013 faces for a few epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from conftest import fer_splits, make_linear_onnx
+from fer_sdk.export.config import TrainConfig
+from fer_sdk.export.distill import teacher_probabilities, training_targets
 
 from fer_sdk.constants import EMOTIONS
 from fer_sdk.errors import InvalidInputError, ModelError
-from fer_sdk.export.config import TrainConfig
-from fer_sdk.export.distill import teacher_probabilities, training_targets
 from fer_sdk.registry import sha256_file
 
 HAPPY = EMOTIONS.index("happy")
@@ -52,7 +53,7 @@ def test_teacher_probabilities_are_the_flip_average(faces, tmp_path):
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = faces.astype(np.float32)[..., None] / 255
-    run = lambda batch: session.run(None, {session.get_inputs()[0].name: batch})[0]  # noqa: E731
+    run = lambda batch: session.run(None, {session.get_inputs()[0].name: batch})[0]
     np.testing.assert_allclose(probs, (run(x) + run(x[:, :, ::-1].copy())) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(probs, run(x), atol=1e-3)  # the mirror really is averaged in
     # The same target for a face and its mirror: right under the flip augmentation.
@@ -99,11 +100,12 @@ def test_training_follows_the_teacher(tmp_path):
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
     from fer_sdk.export import ship
+    from fer_sdk.export.average import average_run
     from fer_sdk.export.train import predict_proba, train
 
     splits = fer_splits(200, 100)
     teacher = _happy_teacher(tmp_path / "happy.onnx")
-    common = {"arch": "shallow", "epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 0.01,
+    common = {"arch": "shallow", "epochs": 3, "snapshots": True, "batch_size": 32, "optimizer": "adamw", "lr": 0.01,
               "warmup_epochs": 0, "augment_level": "flip", "class_weighting": "none", "label_smoothing": 0.0,
               "seed": 0, "command": "pytest"}
     runs = {}
@@ -124,10 +126,37 @@ def test_training_follows_the_teacher(tmp_path):
     (plain,) = ship.training_stages(tmp_path / "labels", runs["labels"][0], "shallow")["stages"]
     assert "teacher" not in plain["command"] + plain["recipe"]
 
-    # Resuming with a different file under the teacher's name is refused, and nothing is written.
-    state = (tmp_path / "teacher" / "state.json").read_bytes()
+    # Resuming with the same teacher continues the run; the teacher's record carries into a weight average.
+    cfg4 = TrainConfig(**{**common, "epochs": 4}, teacher=str(teacher), teacher_weight=1.0)
+    resumed = train(cfg4, splits, tmp_path / "teacher", resume=True, log=quiet)
+    assert resumed["epochs"] == 4 and resumed["teacher_sha256"] == metrics["teacher_sha256"]
+    averaged = average_run(tmp_path / "teacher", [3, 4], tmp_path / "swa", splits, bn_faces=100, log=quiet)
+    assert averaged["teacher_sha256"] == metrics["teacher_sha256"]
+
+    # A different file under the teacher's name is refused before it runs, and nothing is written.
+    before = {p.name: p.read_bytes() for p in (tmp_path / "teacher").iterdir() if p.is_file()}
     make_linear_onnx(teacher, seed=1)
-    with pytest.raises(InvalidInputError, match="cannot resume: teacher .* sha256"):
-        train(TrainConfig(**{**common, "epochs": 4}, teacher=str(teacher), teacher_weight=1.0), splits,
-              tmp_path / "teacher", resume=True, log=quiet)
-    assert (tmp_path / "teacher" / "state.json").read_bytes() == state
+    with pytest.raises(InvalidInputError, match=f"cannot resume: teacher .* trained with {metrics['teacher_sha256']}"):
+        train(dataclasses.replace(cfg4, epochs=5), splits, tmp_path / "teacher", resume=True, log=quiet)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "teacher").iterdir() if p.is_file()} == before
+
+    # A run from before distillation existed (no teacher keys in config.json) cannot gain a teacher on resume.
+    config = json.loads((tmp_path / "labels" / "config.json").read_text())
+    del config["teacher"], config["teacher_weight"]
+    (tmp_path / "labels" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInputError, match=r"teacher: run has None, you gave '.*happy.onnx'"):
+        train(TrainConfig(**{**common, "epochs": 4}, teacher=str(teacher)), splits, tmp_path / "labels",
+              resume=True, log=quiet)
+    train(TrainConfig(**{**common, "epochs": 4}), splits, tmp_path / "labels", resume=True, log=quiet)  # still resumes
+
+
+@pytest.mark.train
+def test_a_failing_teacher_leaves_no_run(tmp_path):
+    pytest.importorskip("tensorflow")
+    from fer_sdk.export.train import train
+
+    foreign = make_linear_onnx(tmp_path / "foreign.onnx", labels=[f"class{i}" for i in range(7)])
+    cfg = TrainConfig(arch="shallow", epochs=1, batch_size=32, teacher=str(foreign), command="pytest")
+    with pytest.raises(ModelError, match="not the FER2013 emotions"):
+        train(cfg, fer_splits(64, 32), tmp_path / "run", log=quiet)
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing to resume into by mistake
