@@ -306,7 +306,9 @@ def train(
             if epochs is None:
                 epochs = resumed_epochs(out)  # keep the run's schedule, not the architecture's default
         if teacher is not None and not teacher.strip():
-            raise InvalidInputError("--teacher '' names no model; pass a bundled name (e.g. ensemble-int8) or a .onnx file")
+            raise InvalidInputError(
+                f"--teacher {teacher!r} names no model; pass a bundled name (e.g. ensemble-int8) or a .onnx file"
+            )
         if teacher_weight is not None and teacher is None:
             raise InvalidInputError(
                 "--teacher-weight needs --teacher (the model to distil from); add e.g. --teacher ensemble-int8"

@@ -580,8 +580,9 @@ def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
         "from typer.testing import CliRunner\n"
         "from fer_sdk.cli import app\n"
         "for extra in (['--lr', '0'], ['--out', sys.argv[1], '--resume'], ['--time-budget', '-1'],\n"
-        "              ['--teacher-weight', '0'], ['--teacher', 'nope.onnx'], ['--teacher', 'deep', '--teacher-weight', '0'], []):\n"
-        "    if not extra:  # after the six bad recipes: was TensorFlow or Keras imported?\n"
+        "              ['--teacher-weight', '0'], ['--teacher', 'nope.onnx'], ['--teacher', 'deep', '--teacher-weight', '0'],\n"
+        "              ['--teacher', ' '], []):\n"
+        "    if not extra:  # after the seven bad recipes: was TensorFlow or Keras imported?\n"
         "        print(sys.modules.get('tensorflow') is not None, sys.modules.get('keras') is not None)\n"
         "    r = CliRunner().invoke(app, ['train', '--arch', 'deep', '--data', 'x.csv', *extra])\n"
         "    print(r.exit_code, r.stderr.strip().splitlines()[-1])\n"
@@ -597,8 +598,9 @@ def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
         assert lines[3].startswith("2 fer-sdk: error: --teacher-weight needs --teacher") and "ensemble-int8" in lines[3]
         assert lines[4].startswith("4 fer-sdk: error: --teacher nope.onnx: model file") and "does not exist" in lines[4]
         assert lines[5].startswith("2 fer-sdk: error: teacher_weight=0.0 must be in (0, 1]")
-        assert lines[6] == "False False"
+        assert lines[6].startswith("2 fer-sdk: error: --teacher ' ' names no model")
+        assert lines[7] == "False False"
         if mode == "without-tf":  # a valid recipe then asks for the train extra
-            assert lines[7].startswith("6 fer-sdk: error:") and "fer-sdk[cpu,train]" in lines[7]
+            assert lines[8].startswith("6 fer-sdk: error:") and "fer-sdk[cpu,train]" in lines[8]
         else:  # ... or, with it installed, reads the data
-            assert lines[7].startswith("5 fer-sdk: error: x.csv: no such file")
+            assert lines[8].startswith("5 fer-sdk: error: x.csv: no such file")
