@@ -26,6 +26,7 @@ from .train import (
     distillation_targets,
     evaluate_run,
     lr_at,
+    new_run_state,
     save_epoch_network,
     to_model_input,
 )
@@ -59,8 +60,7 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
     lr_idx = _lr_index(opt)
 
     x_dev = jnp.asarray(to_model_input(data.x_train))
-    st = {"epochs_done": 0, "planned_epochs": cfg.epochs, "requested_epochs": cfg.epochs,
-          "best_val_accuracy": -1.0, "best_epoch": 0, "wall_time_s": 0.0, "history": []}
+    st = new_run_state(cfg)
     y_dev = jnp.asarray(distillation_targets(cfg, data, st, log))  # one-hot labels, mixed with a teacher's
     w_dev = jnp.asarray(class_weights(data.y_train, cfg.class_weighting)[data.y_train].astype(np.float32))
     xv_dev = jnp.asarray(to_model_input(data.x_val))

@@ -244,11 +244,15 @@ def recipe_text(cfg: dict, teacher_sha256: str | None = None) -> str:
         f"{cfg['fc_dropout']} (FC); augmentation "
         + (AUGMENT_TEXT[cfg.get("augment_level", "strong")] if cfg["augment"] else "off")
         + ("; mixed bfloat16 compute" if cfg.get("precision") == "mixed_bfloat16" else "")
-        + (f"; distilled from teacher `{Path(cfg['teacher']).name}`"
-           + (f" (sha256 {teacher_sha256[:12]}...)" if teacher_sha256 else "")
-           + f": targets {1 - cfg['teacher_weight']:g} x label + {cfg['teacher_weight']:g} x the teacher's "
-           "flip-averaged probabilities" if cfg.get("teacher") else "")
+        + (_teacher_text(cfg, teacher_sha256) if cfg.get("teacher") else "")
     )
+
+
+def _teacher_text(cfg: dict, teacher_sha256: str | None) -> str:
+    sha = f" (sha256 {teacher_sha256[:12]}...)" if teacher_sha256 else ""
+    w = cfg["teacher_weight"]
+    return (f"; distilled from teacher `{Path(cfg['teacher']).name}`{sha}: targets {1 - w:g} x label + {w:g} x the "
+            "teacher's flip-averaged probabilities")
 
 
 #: What each ``augment_level`` of ``export/train.py`` does, in words for the model cards.

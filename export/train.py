@@ -351,19 +351,10 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         keras.utils.set_random_seed(cfg.seed)
         _enable_determinism()
         model = build_training_model(cfg)
-        state = {
-            "epochs_done": 0,
-            "planned_epochs": cfg.epochs,
-            "requested_epochs": cfg.epochs,
-            "best_val_accuracy": -1.0,
-            "best_epoch": 0,
-            "wall_time_s": 0.0,
-            "history": [],
-        }
-        y_train = distillation_targets(cfg, data, state, log)  # a failing teacher leaves no run behind
+        state = new_run_state(cfg)
+    y_train = distillation_targets(cfg, data, state, log)  # before config.json: a failing teacher leaves no run
+    if not resume_run:
         atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
-    if resume_run:
-        y_train = distillation_targets(cfg, data, state, log)
 
     x_train, x_val = to_model_input(data.x_train), to_model_input(data.x_val)
     y_val = np.eye(len(EMOTIONS), dtype=np.float32)[data.y_val]
@@ -393,6 +384,12 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
         f"(epoch {state['best_epoch']}), flip-TTA {metrics['splits'][data.val_name]['accuracy_flip_tta']:.4f}"
     )
     return metrics
+
+
+def new_run_state(cfg: TrainConfig) -> dict:
+    """``state.json`` of a run before its first epoch (the Keras and the on-device JAX loops share it)."""
+    return {"epochs_done": 0, "planned_epochs": cfg.epochs, "requested_epochs": cfg.epochs,
+            "best_val_accuracy": -1.0, "best_epoch": 0, "wall_time_s": 0.0, "history": []}
 
 
 def distillation_targets(cfg: TrainConfig, data: Splits, state: dict, log) -> np.ndarray:
