@@ -194,8 +194,10 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
         if i > 0 and not metrics.get("average"):
             metrics = {**metrics, "config": {**metrics["config"], "init_from": f"{outs[i - 1]}/best.keras"}}
         backend = metrics["hardware"].get("backend")
+        teacher = {} if metrics.get("average") else teacher_record(metrics["config"], metrics.get("teacher_sha256"))
         stage = {
-            "recipe": recipe_text(metrics["config"], metrics.get("teacher_sha256")),
+            **teacher,
+            "recipe": recipe_text(metrics["config"], teacher.get("teacher")),
             "config": metrics["config"],
             "epochs": metrics["epochs"],
             "best_epoch": metrics["best_epoch"],
@@ -236,7 +238,35 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
     }
 
 
-def recipe_text(cfg: dict, teacher_sha256: str | None = None) -> str:
+def teacher_record(cfg: dict, teacher_sha256: str | None) -> dict:
+    """``{"teacher": {...}}`` for a distilled stage (else ``{}``): the teacher's file name and sha256 and, when
+    the teacher is an ensemble whose file is still the one trained with (same sha256), its members' names,
+    weights and sha256 from the file's metadata, so a card says what the teacher was."""
+    if not cfg.get("teacher"):
+        return {}
+    record = {"file": Path(cfg["teacher"]).name, "sha256": teacher_sha256, "weight": cfg["teacher_weight"]}
+    members = _ensemble_members(cfg["teacher"], teacher_sha256)
+    return {"teacher": {**record, "members": members} if members else record}
+
+
+def _ensemble_members(teacher: str, teacher_sha256: str | None) -> list[dict] | None:
+    from .convert import onnx_metadata
+    from .distill import resolve_teacher
+
+    if not teacher_sha256:
+        return None
+    try:
+        path = resolve_teacher(teacher)
+        if sha256_file(path) != teacher_sha256:
+            return None  # changed since training: its metadata would describe another teacher
+        members = onnx_metadata(path).get("ensemble")
+    except (FerSdkError, OSError, ValueError):
+        return None
+    return [{"name": m["name"], "weight": m["weight"], "sha256": m["sha256"]} for m in members or []] or None
+
+
+def recipe_text(cfg: dict, teacher: dict | None = None) -> str:
+    """The recipe in words; ``teacher`` is the stage's :func:`teacher_record` entry when it was distilled."""
     return (
         f"{cfg['optimizer'].upper()} (peak lr {cfg['lr']}, weight decay {cfg['weight_decay']}), batch "
         f"{cfg['batch_size']}, {cfg['warmup_epochs']} warm-up epochs then cosine decay; label smoothing "
@@ -244,14 +274,20 @@ def recipe_text(cfg: dict, teacher_sha256: str | None = None) -> str:
         f"{cfg['fc_dropout']} (FC); augmentation "
         + (AUGMENT_TEXT[cfg.get("augment_level", "strong")] if cfg["augment"] else "off")
         + ("; mixed bfloat16 compute" if cfg.get("precision") == "mixed_bfloat16" else "")
-        + (_teacher_text(cfg, teacher_sha256) if cfg.get("teacher") else "")
+        + (_teacher_text(teacher) if teacher else "")
     )
 
 
-def _teacher_text(cfg: dict, teacher_sha256: str | None) -> str:
-    sha = f" (sha256 {teacher_sha256[:12]}...)" if teacher_sha256 else ""
-    w = cfg["teacher_weight"]
-    return (f"; distilled from teacher `{Path(cfg['teacher']).name}`{sha}: targets {1 - w:g} x label + {w:g} x the "
+def _teacher_text(teacher: dict) -> str:
+    sha = f" (sha256 {teacher['sha256'][:12]}...)" if teacher.get("sha256") else ""
+    members = teacher.get("members")
+    made_of = (
+        " (an ensemble of "
+        + ", ".join(f"`{m['name']}` x {m['weight']:g} (sha256 {m['sha256'][:12]}...)" for m in members) + ")"
+        if members else ""
+    )
+    w = teacher["weight"]
+    return (f"; distilled from teacher `{teacher['file']}`{sha}{made_of}: targets {1 - w:g} x label + {w:g} x the "
             "teacher's flip-averaged probabilities")
 
 

@@ -160,3 +160,33 @@ def test_a_failing_teacher_leaves_no_run(tmp_path):
     with pytest.raises(ModelError, match="not the FER2013 emotions"):
         train(cfg, fer_splits(64, 32), tmp_path / "run", log=quiet)
     assert not (tmp_path / "run" / "config.json").exists()  # nothing to resume into by mistake
+
+
+def test_card_names_an_ensemble_teachers_members(tmp_path):
+    """A distilled stage's card says what its teacher was: for an ensemble teacher, each member's name, weight
+    and sha256 read from the teacher's metadata, but only while the file is the one trained with."""
+    from fer_sdk.export import ship
+    from fer_sdk.export.ensemble import build_ensemble
+
+    a, b = make_linear_onnx(tmp_path / "deep-a.onnx", seed=0), make_linear_onnx(tmp_path / "shallow-b.onnx", seed=1)
+    teacher = tmp_path / "ens.onnx"
+    build_ensemble([(a, 3), (b, 1)], teacher, log=quiet)
+    sha = sha256_file(teacher)
+    cfg = {**dataclasses.asdict(TrainConfig(arch="shallow", epochs=1, command="pytest")),
+           "teacher": str(teacher), "teacher_weight": 0.6}
+
+    record = ship.teacher_record(cfg, sha)["teacher"]
+    assert record == {"file": "ens.onnx", "sha256": sha, "weight": 0.6, "members": [
+        {"name": "deep-a", "weight": 0.75, "sha256": sha256_file(a)},
+        {"name": "shallow-b", "weight": 0.25, "sha256": sha256_file(b)},
+    ]}
+    text = ship.recipe_text(cfg, record)
+    assert (f"teacher `ens.onnx` (sha256 {sha[:12]}...) (an ensemble of `deep-a` x 0.75 (sha256 "
+            f"{sha256_file(a)[:12]}...), `shallow-b` x 0.25 (sha256 {sha256_file(b)[:12]}...)): "
+            "targets 0.4 x label + 0.6 x") in text
+
+    # A single-model teacher has no members; a teacher file changed since training is not described.
+    assert "members" not in ship.teacher_record({**cfg, "teacher": str(a)}, sha256_file(a))["teacher"]
+    assert "members" not in ship.teacher_record(cfg, "0" * 64)["teacher"]
+    assert ship.teacher_record({**cfg, "teacher": None}, None) == {}
+    assert "teacher" not in ship.recipe_text({**cfg, "teacher": None})
