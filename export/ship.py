@@ -194,10 +194,10 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
         if i > 0 and not metrics.get("average"):
             metrics = {**metrics, "config": {**metrics["config"], "init_from": f"{outs[i - 1]}/best.keras"}}
         backend = metrics["hardware"].get("backend")
-        teacher = {} if metrics.get("average") else teacher_record(metrics["config"], metrics.get("teacher_sha256"))
+        distilled = {} if metrics.get("average") else teacher_record(metrics["config"], metrics.get("teacher_sha256"))
         stage = {
-            **teacher,
-            "recipe": recipe_text(metrics["config"], teacher.get("teacher")),
+            **distilled,
+            "recipe": recipe_text(metrics["config"], distilled.get("teacher")),
             "config": metrics["config"],
             "epochs": metrics["epochs"],
             "best_epoch": metrics["best_epoch"],
@@ -259,10 +259,10 @@ def _ensemble_members(teacher: str, teacher_sha256: str | None) -> list[dict] | 
         path = resolve_teacher(teacher)
         if sha256_file(path) != teacher_sha256:
             return None  # changed since training: its metadata would describe another teacher
-        members = onnx_metadata(path).get("ensemble")
-    except (FerSdkError, OSError, ValueError):
+        members = onnx_metadata(path).get("ensemble") or []
+        return [{"name": m["name"], "weight": m["weight"], "sha256": m["sha256"]} for m in members] or None
+    except Exception:  # noqa: BLE001 - a card without the members beats no card: the teacher sha256 is still given
         return None
-    return [{"name": m["name"], "weight": m["weight"], "sha256": m["sha256"]} for m in members or []] or None
 
 
 def recipe_text(cfg: dict, teacher: dict | None = None) -> str:

@@ -185,8 +185,20 @@ def test_card_names_an_ensemble_teachers_members(tmp_path):
             f"{sha256_file(a)[:12]}...), `shallow-b` x 0.25 (sha256 {sha256_file(b)[:12]}...)): "
             "targets 0.4 x label + 0.6 x") in text
 
-    # A single-model teacher has no members; a teacher file changed since training is not described.
+    # The lineage puts the record on the distilled stage, not on the weight average made from it.
+    kd = {"config": cfg, "teacher_sha256": sha, "epochs": 3, "best_epoch": 3, "wall_time_s": 60.0,
+          "hardware": {"backend": "tensorflow", "device": "CPU"}, "splits": {"PublicTest": {"accuracy": 0.5}}}
+    (tmp_path / "kd").mkdir()
+    (tmp_path / "kd" / "metrics.json").write_text(json.dumps(kd))
+    swa = {**kd, "best_epoch": None, "average": {"run": str(tmp_path / "kd"), "epochs": [2, 3], "bn_faces": 100,
+                                                  "seed": 0}}
+    distilled, averaged = ship.training_stages(tmp_path / "swa", swa, "shallow")["stages"]
+    assert distilled["teacher"] == record and "an ensemble of `deep-a` x 0.75" in distilled["recipe"]
+    assert "teacher" not in averaged and "teacher" not in averaged["recipe"]
+
+    # A single-model teacher has no members; a teacher file changed since training, or gone, is not described.
     assert "members" not in ship.teacher_record({**cfg, "teacher": str(a)}, sha256_file(a))["teacher"]
     assert "members" not in ship.teacher_record(cfg, "0" * 64)["teacher"]
+    assert "members" not in ship.teacher_record({**cfg, "teacher": str(tmp_path / "gone.onnx")}, sha)["teacher"]
     assert ship.teacher_record({**cfg, "teacher": None}, None) == {}
     assert "teacher" not in ship.recipe_text({**cfg, "teacher": None})
