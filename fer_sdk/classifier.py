@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,10 +20,13 @@ import numpy as np
 
 from . import registry
 from .constants import EMOTIONS
-from .detect import get_detector
+from .detect import HaarDetector, detect_faces_batch, get_detector
+from .detection import Detection
 from .errors import InvalidInputError, ModelError, positive_int
+from .framing import Framing, aligned_crop, check_margin, frame_box
 from .images import load_image
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
+from .yunet import YuNetDetector
 from .registry import ModelSpec
 from .runtime import (
     check_threads,
@@ -36,22 +40,36 @@ from .runtime import (
 _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
 
 
+#: Box margin for detectors the SDK knows no framing for (custom objects and callables).
+CUSTOM_DETECTOR_MARGIN = 0.1
+
+
 @dataclass(frozen=True)
 class Face:
-    """One detected face: its box in the photo and the emotion probabilities."""
+    """One detected face: its box in the photo, the emotion probabilities, and what the detector said.
+
+    ``landmarks``: five (x, y) points in photo pixels (right eye, left eye, nose tip, right and left mouth
+    corners) and ``detection_score`` the detector's confidence in 0..1; both ``None`` for detectors that give
+    neither (the Haar cascade, box-only custom detectors).
+    """
 
     box: tuple[int, int, int, int]  # x, y, w, h in the photo
     emotions: dict[str, float]  # name -> probability, EMOTIONS order
     emotion: str  # top name
     score: float  # its probability
+    landmarks: tuple[tuple[float, float], ...] | None = None
+    detection_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"box": [x, y, w, h], "emotion": ..., "score": ..., "emotions": {...}}``."""
+        """JSON-ready: ``{"box": [x, y, w, h], "emotion", "score", "emotions": {...}, "detection_score",
+        "landmarks": [[x, y] * 5] or None}``."""
         return {
             "box": [int(v) for v in self.box],
             "emotion": self.emotion,
             "score": float(self.score),
             "emotions": {k: float(v) for k, v in self.emotions.items()},
+            "detection_score": None if self.detection_score is None else float(self.detection_score),
+            "landmarks": None if self.landmarks is None else [[float(x), float(y)] for x, y in self.landmarks],
         }
 
 
@@ -66,12 +84,20 @@ class Classifier:
         threads: ONNX Runtime intra-op threads (``None``: ONNX Runtime's default).
         session: an existing ``onnxruntime.InferenceSession`` to use instead of loading ``model``.
         detector: face detector for ``analyze``, anything ``fer_sdk.detect.get_detector`` accepts: ``None`` or
-            ``"haar"`` (OpenCV Haar cascade), a YuNet ``.onnx`` path, an object with
-            ``detect(image) -> [(x, y, w, h), ...]`` (must be thread-safe when the classifier is shared by
-            threads) or such a callable.
+            ``"yunet"`` (the bundled YuNet, default), ``"haar"`` (OpenCV Haar cascade), a YuNet ``.onnx`` path,
+            an object with ``detect(image) -> [(x, y, w, h), ...]`` (must be thread-safe when the classifier is
+            shared by threads) or such a callable.
+        min_score: drop faces the detector scores below this (YuNet; default 0.6).
+        min_face: drop faces whose box is smaller than this many pixels (default: 0 for YuNet, 30 for Haar).
+        align: cut faces with landmarks so the eyes are level and sit where the model's training faces have
+            them (``fer_sdk.framing``); faces without landmarks use the box rule.
+        face_margin: ``None`` (default): the model's training framing (see ``fer_sdk.framing``). A number: with
+            ``align`` the frame grows by that fraction per side, without it the detector's box does (custom
+            detectors without a known framing use 0.1).
         flip_tta: average each face's probabilities with those of its horizontal mirror.
-        face_margin: fraction of the box size added on each side before cropping a detected face.
         max_pixels: refuse photos larger than this many pixels (``None``: the loader's default).
+        workers: threads ``analyze_many`` decodes and detects on (``None``: all usable cores). The pool lives
+            as long as the Classifier (``close()`` or ``with Classifier() as clf:`` ends it sooner).
     """
 
     def __init__(
@@ -83,9 +109,13 @@ class Classifier:
         threads: int | None = None,
         session: Any = None,
         detector: Any = None,
+        min_score: float | None = None,
+        min_face: int | None = None,
+        align: bool = True,
+        face_margin: float | None = None,
         flip_tta: bool = False,
-        face_margin: float = 0.1,
         max_pixels: int | None = None,
+        workers: int | None = None,
     ) -> None:
         import_onnxruntime()  # DependencyError with the pip command before anything else
         self._batch_size = positive_int("batch_size", batch_size, "64")
@@ -93,15 +123,13 @@ class Classifier:
         if not isinstance(flip_tta, (bool, np.bool_)):
             raise InvalidInputError(f"flip_tta={flip_tta!r} must be True or False")
         self._flip_tta = bool(flip_tta)
-        if (
-            isinstance(face_margin, bool)
-            or not isinstance(face_margin, (int, float))
-            or not 0 <= face_margin <= 2
-        ):
-            raise InvalidInputError(
-                f"face_margin={face_margin!r} must be a number in [0, 2] (e.g. face_margin=0.1)"
-            )
-        self._face_margin = float(face_margin)
+        self._face_margin = check_margin(face_margin)
+        if not isinstance(align, (bool, np.bool_)):
+            raise InvalidInputError(f"align={align!r} must be True or False")
+        self._align = bool(align)
+        self._workers = positive_int("workers", workers, "2", none_means="all usable cores")
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         if max_pixels is not None:
             max_pixels = positive_int("max_pixels", max_pixels, "40_000_000")
         self._max_pixels = max_pixels
@@ -149,8 +177,9 @@ class Classifier:
         self._input_name = self._metadata["input"].get("name", "faces")
         self._output_name = self._metadata["output"].get("name", "probabilities")
 
-        # Detectors from get_detector keep one OpenCV object per thread, so sharing this one is safe.
-        self._detector = get_detector(detector)
+        self._framing = Framing.from_metadata(self._metadata, source)
+        # Detectors from get_detector are thread-safe (ONNX Runtime sessions; one OpenCV object per thread).
+        self._detector = get_detector(detector, min_score=min_score, min_face=min_face)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -265,36 +294,94 @@ class Classifier:
         """The face detector ``analyze`` uses."""
         return self._detector
 
-    def _detect_and_crop(self, image: Any) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
-        img = load_image(image, max_pixels=self._max_pixels)
-        boxes = [tuple(int(v) for v in box) for box in self._detector.detect(img)]
-        crops = [crop_face(img, box, self._face_margin) for box in boxes]
-        return boxes, crops
+    @property
+    def framing(self) -> Framing:
+        """The framing the model was trained on (from its metadata), which detected faces are cut to."""
+        return self._framing
 
-    def _faces(self, boxes: list[tuple[int, int, int, int]], probs: np.ndarray) -> list[Face]:
+    @property
+    def align(self) -> bool:
+        return self._align
+
+    @property
+    def face_margin(self) -> float | None:
+        return self._face_margin
+
+    def crop(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+        """Cut one detected face out of ``image`` as ``analyze`` does (see ``align`` and ``face_margin``)."""
+        if self._align and detection.landmarks is not None:
+            return aligned_crop(image, detection.landmarks, self._framing, self._face_margin or 0.0)
+        if self._face_margin is not None:
+            return crop_face(image, detection.box, self._face_margin)
+        if isinstance(self._detector, YuNetDetector):
+            return crop_face(image, frame_box(detection.box, self._framing.yunet_box))
+        if isinstance(self._detector, HaarDetector):
+            return crop_face(image, frame_box(detection.box, self._framing.haar_box))
+        return crop_face(image, detection.box, CUSTOM_DETECTOR_MARGIN)
+
+    def detect(self, image: Any) -> list[Detection]:
+        """The faces the detector finds in one photo (path, bytes or array), without classifying them."""
+        return detect_faces_batch(self._detector, [load_image(image, max_pixels=self._max_pixels)])[0]
+
+    def _detect_group(self, images: list[np.ndarray]) -> list[tuple[list[Detection], list[np.ndarray]]]:
+        found = detect_faces_batch(self._detector, images)
+        return [(dets, [self.crop(img, d) for d in dets]) for img, dets in zip(images, found)]
+
+    def _faces(self, detections: list[Detection], probs: np.ndarray) -> list[Face]:
         faces = []
-        for box, row in zip(boxes, probs):
+        for det, row in zip(detections, probs):
             top = int(row.argmax())
             faces.append(
                 Face(
-                    box=box,
+                    box=tuple(int(v) for v in det.box),
                     emotions={name: float(p) for name, p in zip(EMOTIONS, row)},
                     emotion=EMOTIONS[top],
                     score=float(row[top]),
+                    landmarks=det.landmarks,
+                    detection_score=det.score,
                 )
             )
         return faces
 
     def analyze(self, image: Any) -> list[Face]:
         """Detect every face in a photo (path, bytes, or BGR/gray array) and classify them in one batch."""
-        boxes, crops = self._detect_and_crop(image)
+        img = load_image(image, max_pixels=self._max_pixels)
+        ((detections, crops),) = self._detect_group([img])
         if not crops:
             return []
-        return self._faces(boxes, self.predict_proba(crops))
+        return self._faces(detections, self.predict_proba(crops))
+
+    def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None or self._pool._max_workers < workers:  # noqa: SLF001 (stdlib attribute)
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_sdk-detect")
+            return self._pool
+
+    def close(self) -> None:
+        """End the ``analyze_many`` thread pool (it is also ended when the Classifier is garbage-collected)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def analyze_many(self, images: Iterable[Any], *, workers: int | None = None) -> list[list[Face]]:
-        """``analyze`` for many photos: detection runs on ``workers`` threads (default: all cores), then the faces
-        of all photos are classified together in shared batches. Results are in input order."""
+        """``analyze`` for many photos: decoding and detection run on ``workers`` threads (default: the
+        Classifier's ``workers``, else all cores), each thread detecting its share of the photos in batched
+        ONNX Runtime calls; then the faces of all photos are classified together in shared batches. Results are
+        in input order."""
         if isinstance(images, (*_SOURCE_TYPES, np.ndarray)):
             raise InvalidInputError(
                 f"analyze_many expects a list of images, got one {type(images).__name__}; use analyze(image) or "
@@ -302,22 +389,28 @@ class Classifier:
             )
         images = list(images)
         if workers is None:
-            workers = usable_cores()
+            workers = self._workers or usable_cores()
         workers = positive_int("workers", workers, "4")
         if not images:
             return []
         workers = min(workers, len(images))
         if workers == 1:
-            detected = [self._detect_and_crop(img) for img in images]
+            loaded = [load_image(img, max_pixels=self._max_pixels) for img in images]
+            detected = self._detect_group(loaded)
         else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_sdk-detect") as pool:
-                detected = list(pool.map(self._detect_and_crop, images))
+            pool = self._thread_pool(workers)
+            loaded = list(pool.map(lambda img: load_image(img, max_pixels=self._max_pixels), images))
+            shares = [loaded[i::workers] for i in range(workers)]
+            done = list(pool.map(self._detect_group, shares))
+            detected = [None] * len(loaded)  # type: ignore[list-item]
+            for i, share in enumerate(done):
+                detected[i::workers] = share
         crops = [crop for _, photo_crops in detected for crop in photo_crops]
         probs = self.predict_proba(crops) if crops else np.zeros((0, len(EMOTIONS)), np.float32)
         results, start = [], 0
-        for boxes, _ in detected:
-            results.append(self._faces(boxes, probs[start : start + len(boxes)]))
-            start += len(boxes)
+        for detections, _ in detected:
+            results.append(self._faces(detections, probs[start : start + len(detections)]))
+            start += len(detections)
         return results
 
 

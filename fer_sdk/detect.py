@@ -1,13 +1,16 @@
-"""Pluggable face detection: OpenCV's Haar cascade (default), YuNet (user-supplied ONNX), or your own.
+"""Pluggable face detection: the bundled YuNet (default), OpenCV's Haar cascade, a YuNet file, or your own.
 
-Every detector returns boxes ``(x, y, w, h)`` as plain Python ints, clipped to the image (boxes with
-nothing left inside are dropped), sorted left to right, then top to bottom. OpenCV detector objects are
-not thread-safe, so each thread gets its own instance: one detector may be shared by many threads.
+``get_detector`` is the one registry that turns a name (``"yunet"``, ``"haar"``), an ``.onnx`` path or an
+object into a detector; the Classifier, the CLI, video and Ray all go through it. Every detector gives boxes
+``(x, y, w, h)`` as plain Python ints, clipped to the image (boxes with nothing left inside are dropped),
+sorted left to right, then top to bottom; ``detect_faces`` gives ``Detection`` objects, which add the
+detector's score and five landmarks where it has them (YuNet does, Haar and plain callables do not).
+OpenCV detector objects are not thread-safe, so each thread gets its own instance: one detector may be
+shared by many threads. ONNX Runtime sessions are thread-safe.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from numbers import Real
@@ -19,17 +22,19 @@ import numpy as np
 
 from .errors import DependencyError, InvalidInputError, ModelError, positive_int
 from .images import as_image
+from .detection import Box, Detection, Point, normalize_boxes
+from .yunet import YuNetDetector
 
-Box = tuple[int, int, int, int]
+#: Names ``get_detector`` accepts, the first is the default.
+DETECTOR_NAMES = ("yunet", "haar")
+#: Folder of the bundled face detector files, their manifest (sha256), license and provenance.
+DETECTORS_DIR: Path = Path(__file__).resolve().parent / "models" / "detectors"
 
 _OPENCV_FIX = (
     'Fix: pip install "opencv-python-headless>=4.9,<5" (OpenCV 5 wheels no longer ship the Haar cascades).'
 )
-_YUNET_FIX = (
-    "Fix: download face_detection_yunet_2023mar.onnx from the OpenCV Zoo "
-    "(https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet) and pass its path."
-)
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+_REINSTALL = 'reinstall fer-sdk (pip install --force-reinstall "fer-sdk[cpu]")'
 
 
 @runtime_checkable
@@ -143,89 +148,15 @@ class HaarDetector(_ThreadLocalDetector):
             found = np.asarray(found, dtype=np.float64) / scale
         return normalize_boxes(found, image.shape)
 
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:
+        """``Detection`` objects (no score, no landmarks: the cascade has neither)."""
+        return [Detection(box) for box in self.detect(image)]
+
     def __repr__(self) -> str:
         return (
             f"HaarDetector(scale_factor={self.scale_factor}, min_neighbors={self.min_neighbors}, "
             f"min_size={self.min_size}, max_side={self.max_side})"
         )
-
-
-class YuNetDetector(_ThreadLocalDetector):
-    """OpenCV's YuNet CNN face detector (``cv2.FaceDetectorYN``) with an ONNX file you supply.
-
-    Get ``face_detection_yunet_2023mar.onnx`` from the OpenCV Zoo
-    (https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet). The input size is set
-    per image; gray and BGRA images are converted to BGR first.
-    """
-
-    def __init__(
-        self,
-        model_path: str | os.PathLike,
-        score_threshold: float = 0.8,
-        nms_threshold: float = 0.3,
-        top_k: int = 5000,
-    ):
-        for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
-                raise InvalidInputError(f"YuNetDetector: {name} must be a number in [0, 1], got {value!r}.")
-        top_k = positive_int("top_k", top_k, "5000", owner="YuNetDetector")
-        if not hasattr(cv2, "FaceDetectorYN"):
-            raise DependencyError(f"this OpenCV build has no cv2.FaceDetectorYN. {_OPENCV_FIX}")
-        path = Path(model_path)
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise ModelError(f"YuNet model {path} {what}. {_YUNET_FIX}")
-        try:
-            self._model = path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"YuNet model {path} cannot be read ({exc}). {_YUNET_FIX}") from exc
-        super().__init__()
-        self.model_path = path
-        self.score_threshold = float(score_threshold)
-        self.nms_threshold = float(nms_threshold)
-        self.top_k = top_k
-        self.detect(np.zeros((32, 32, 3), np.uint8))  # fail now on a file that is not a YuNet model
-
-    def _create(self):
-        try:  # the buffer overload reads the bytes we loaded: non-ASCII paths work on every OS
-            detector = cv2.FaceDetectorYN.create(
-                "onnx",
-                np.frombuffer(self._model, np.uint8),
-                np.empty(0, np.uint8),
-                (320, 320),
-                self.score_threshold,
-                self.nms_threshold,
-                self.top_k,
-            )
-        except cv2.error as exc:
-            lines = str(exc).strip().splitlines()
-            raise ModelError(
-                f"{self.model_path} is not a usable YuNet ONNX model "
-                f"(OpenCV: {lines[-1] if lines else exc}). "
-                f"{_YUNET_FIX}"
-            ) from exc
-        if detector is None:
-            raise ModelError(f"{self.model_path} is not a usable YuNet ONNX model. {_YUNET_FIX}")
-        return detector
-
-    def detect(self, image: np.ndarray) -> list[Box]:
-        image = as_image(image, what="detect: image")
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        detector = self._instance()
-        try:
-            detector.setInputSize((image.shape[1], image.shape[0]))
-            _, faces = detector.detect(image)
-        except cv2.error as exc:
-            lines = str(exc).strip().splitlines()
-            raise ModelError(
-                f"{self.model_path} failed as a YuNet face detector on a {image.shape} image (OpenCV: "
-                f"{lines[-1] if lines else exc}). {_YUNET_FIX}"
-            ) from exc
-        return normalize_boxes(None if faces is None else faces[:, :4], image.shape)
-
-    def __repr__(self) -> str:
-        return f"YuNetDetector({str(self.model_path)!r}, score_threshold={self.score_threshold})"
 
 
 class CallableDetector:
@@ -236,27 +167,103 @@ class CallableDetector:
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
 
     def detect(self, image: np.ndarray) -> list[Box]:
+        return [d.box for d in self.detect_faces(image)]
+
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:
+        """Run the function; it may return boxes or ``Detection`` objects (their score and landmarks are kept)."""
         image = as_image(image, what="detect: image")
-        return normalize_boxes(self.fn(image), image.shape, source=f"face detector {self.name}")
+        found = self.fn(image)
+        source = f"face detector {self.name}"
+        if isinstance(found, (list, tuple)) and found and all(isinstance(d, Detection) for d in found):
+            out = []
+            for d in found:
+                boxes = normalize_boxes([d.box], image.shape, source=source)
+                if boxes:
+                    out.append(Detection(boxes[0], d.score, d.landmarks))
+            return sorted(out, key=lambda d: d.box)
+        return [Detection(box) for box in normalize_boxes(found, image.shape, source=source)]
 
     def __repr__(self) -> str:
         return f"CallableDetector({self.name})"
 
 
-def get_detector(spec=None) -> FaceDetector:
-    """Build a detector from ``spec``.
+def detect_faces(detector, image: np.ndarray) -> list[Detection]:
+    """``Detection`` objects from any detector: ``detect_faces`` when it has one, else its boxes from ``detect``."""
+    method = getattr(detector, "detect_faces", None)
+    if callable(method):
+        return list(method(image))
+    return [Detection(box) for box in normalize_boxes(detector.detect(image), np.shape(image))]
 
-    - ``None`` or ``"haar"``: ``HaarDetector()``.
-    - a ``str`` / ``os.PathLike`` ending in ``.onnx``: ``YuNetDetector(spec)``.
+
+def detect_faces_batch(detector, images: list[np.ndarray]) -> list[list[Detection]]:
+    """``detect_faces`` for several photos, in one call where the detector batches (the bundled YuNet does)."""
+    method = getattr(detector, "detect_faces_batch", None)
+    if callable(method):
+        return list(method(images))
+    return [detect_faces(detector, image) for image in images]
+
+
+def bundled_yunet(**options) -> YuNetDetector:
+    """The YuNet file shipped in ``models/detectors`` (sha256 checked on the bytes it loads from)."""
+    import hashlib
+    import json
+
+    manifest_path = DETECTORS_DIR / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        entry = manifest["detectors"]["yunet"]
+        path = DETECTORS_DIR / entry["file"]
+        data = path.read_bytes()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"the bundled face detector is missing or unreadable ({exc}); {_REINSTALL}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != str(entry.get("sha256", "")).lower():
+        raise ModelError(
+            f"sha256 mismatch for {path}: expected {entry.get('sha256')}, got {actual}; the file is corrupt or was "
+            f"modified, {_REINSTALL}"
+        )
+    return YuNetDetector(data, name=f"yunet ({entry['file']})", **options)
+
+
+def get_detector(spec=None, *, min_score: float | None = None, min_face: int | None = None) -> FaceDetector:
+    """Build a detector from ``spec`` (the one place names, paths and objects become detectors).
+
+    - ``None`` or ``"yunet"``: the bundled YuNet (ONNX Runtime; scores and five landmarks).
+    - ``"haar"``: ``HaarDetector()`` (OpenCV's frontal-face cascade; boxes only).
+    - a ``str`` / ``os.PathLike`` ending in ``.onnx``: ``YuNetDetector(spec)``, your own YuNet file (dynamic or
+      fixed input size).
     - ``HaarDetector`` / ``YuNetDetector`` / ``CallableDetector``: returned as is.
     - an object with a ``detect(image)`` method, or a plain callable ``image -> boxes``: wrapped so its
       boxes are checked, clipped, converted to ints and sorted.
+
+    ``min_score`` (YuNet only: 0..1, default 0.6) and ``min_face`` (pixels, default 0 for YuNet and 30 for Haar)
+    configure the detectors built here from a name or path; for a detector object, set them on the object.
     """
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "haar"):
+    options = {}
+    if min_score is not None:
+        options["min_score"] = min_score
+    if min_face is not None:
+        options["min_face"] = min_face
+    name = spec.strip().lower() if isinstance(spec, str) else None
+    if spec is None or name == "yunet":
+        return bundled_yunet(**options)
+    if name == "haar":
+        if "min_score" in options:
+            raise InvalidInputError(
+                "min_score: the Haar cascade gives no scores; drop min_score (--min-score) or use detector='yunet'."
+            )
+        if "min_face" in options:
+            size = positive_int("min_face", options["min_face"], "30", owner="HaarDetector")
+            return HaarDetector(min_size=(size, size))
         return HaarDetector()
     if isinstance(spec, (str, os.PathLike)):
         if os.fspath(spec).lower().endswith(".onnx"):
-            return YuNetDetector(spec)
+            return YuNetDetector(spec, **options)
+    elif options:
+        raise InvalidInputError(
+            f"min_score/min_face configure a detector built from a name or path, not {type(spec).__name__}; "
+            "set them on your detector object instead (e.g. YuNetDetector(path, min_score=0.7))."
+        )
     elif isinstance(spec, (HaarDetector, YuNetDetector, CallableDetector)):
         return spec
     elif callable(getattr(spec, "detect", None)):
@@ -264,51 +271,10 @@ def get_detector(spec=None) -> FaceDetector:
     elif callable(spec):
         return CallableDetector(spec)
     raise InvalidInputError(
-        f"detector: got {spec!r} ({type(spec).__name__}); use None or 'haar' (OpenCV Haar cascade), the path "
-        "of a YuNet .onnx file, an object with detect(image) -> [(x, y, w, h), ...], or a callable "
-        "image -> [(x, y, w, h), ...]."
+        f"detector: got {spec!r} ({type(spec).__name__}); use 'yunet' (the default: bundled YuNet) or 'haar' "
+        "(OpenCV Haar cascade), the path of a YuNet .onnx file, an object with detect(image) -> "
+        "[(x, y, w, h), ...], or a callable image -> [(x, y, w, h), ...]."
     )
-
-
-def normalize_boxes(boxes, image_shape, *, source: str = "face detector") -> list[Box]:
-    """Boxes -> sorted list of int ``(x, y, w, h)`` clipped to the image; empty ones dropped.
-
-    Raises ``InvalidInputError`` when ``boxes`` is not a sequence of 4 finite numbers with w, h > 0.
-    """
-    if boxes is None:
-        return []
-    if isinstance(boxes, np.ndarray):
-        if boxes.size == 0:
-            return []
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise InvalidInputError(
-                f"{source} returned an array of shape {boxes.shape}; expected (N, 4) boxes."
-            )
-        boxes = boxes.tolist()
-    height, width = image_shape[:2]
-    out = []
-    try:
-        items = list(boxes)
-    except TypeError:
-        raise InvalidInputError(
-            f"{source} returned {boxes!r}; expected a list of (x, y, w, h) boxes."
-        ) from None
-    for box in items:
-        try:
-            values = [float(v) for v in box]
-        except (TypeError, ValueError):
-            values = []
-        if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[2] <= 0 or values[3] <= 0:
-            raise InvalidInputError(
-                f"{source} returned the box {box!r}; each box must be (x, y, w, h) finite numbers "
-                "with w, h > 0."
-            )
-        x, y, w, h = values
-        x0, y0 = max(0, round(x)), max(0, round(y))
-        x1, y1 = min(width, round(x + w)), min(height, round(y + h))
-        if x1 > x0 and y1 > y0:
-            out.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
-    return sorted(out)
 
 
 def _haar_cascade_path() -> str:
