@@ -137,16 +137,21 @@ def photos_section(photos: dict) -> list[str]:
             fmt(p["detect_ms"]),
             fmt(p["classify_ms"]),
             fmt(p["analyze_ms"]),
-            fmt(p["analyze_p95_ms"]),
             fmt(p["photos_per_s"]),
+            fmt(p.get("many_photos_per_s")),
+            fmt(p.get("peer_photos_per_s")),
+            "-" if p.get("peer_faces") is None else p["peer_faces"],
+            fmt(p.get("speedup_vs_peer")),
+            fmt(p.get("many_speedup_vs_peer")),
             p["repetitions"],
         ]
         for p in photos["items"]
     ]
+    peer = photos.get("peer") or "the fer package: not installed, not measured"
     return [
         (
-            f"Model `{photos['model']}` on {', '.join(photos['providers'])}, detector {photos['detector']}. "
-            f"{photos['note']}"
+            f"Model `{photos['model']}` on {', '.join(photos['providers'])}, detector {photos['detector']}; "
+            f"peer: {peer}. {photos['note']}"
         ),
         "",
         table(
@@ -157,15 +162,17 @@ def photos_section(photos: dict) -> list[str]:
                 "decode ms",
                 "detect ms",
                 "classify ms",
-                "analyze() p50 ms",
-                "analyze() p95 ms",
-                "photos/s",
+                "analyze() ms",
+                "analyze() photos/s",
+                "analyze_many photos/s",
+                "peer photos/s",
+                "peer faces",
+                "x peer (analyze)",
+                "x peer (analyze_many)",
                 "reps",
             ],
             rows,
         ),
-        "",
-        f"Bundled samples: {fmt(photos.get('samples_photos_per_s'))} photos/s.",
     ]
 
 

@@ -26,7 +26,7 @@ from .errors import InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
 from .images import load_image
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
-from .yunet import YuNetDetector
+from .yunet import LANDMARKS, YuNetDetector
 from .registry import ModelSpec
 from .runtime import (
     check_threads,
@@ -42,6 +42,8 @@ _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
 
 #: Box margin for detectors the SDK knows no framing for (custom objects and callables).
 CUSTOM_DETECTOR_MARGIN = 0.1
+#: Flat columns (CSV, video rows) for what the detector said: its score, then x and y of each landmark.
+DETECTION_COLUMNS = ("detection_score", *(f"{p}_{c}" for p in LANDMARKS for c in ("x", "y")))
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ class Face:
             "detection_score": None if self.detection_score is None else float(self.detection_score),
             "landmarks": None if self.landmarks is None else [[float(x), float(y)] for x, y in self.landmarks],
         }
+
+    def detection_values(self, digits: int = 2) -> list[float | None]:
+        """Values for ``DETECTION_COLUMNS``: score (6 decimals), landmarks (``digits``); ``None`` where absent."""
+        score = None if self.detection_score is None else round(float(self.detection_score), 6)
+        if self.landmarks is None:
+            return [score, *([None] * (2 * len(LANDMARKS)))]
+        return [score, *(round(float(v), digits) for point in self.landmarks for v in point)]
 
 
 class Classifier:

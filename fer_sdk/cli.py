@@ -123,11 +123,34 @@ def predict(
     providers: ProvidersOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per inference call.")] = 64,
     detector: Annotated[
-        str | None, typer.Option(help="'haar' (default) or a path to an OpenCV YuNet .onnx face detector.")
+        str | None, typer.Option(
+            help="'yunet' (default: the bundled YuNet, with scores and landmarks), 'haar' (OpenCV's cascade), or a "
+            "path to a YuNet .onnx file.")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Drop faces the detector scores below this (YuNet; default 0.6).")
+    ] = None,
+    min_face: Annotated[
+        int | None, typer.Option(min=0, help="Drop faces smaller than this many pixels (default: 0 for YuNet, 30 for Haar).")
+    ] = None,
+    align: Annotated[
+        bool, typer.Option("--align/--no-align", help="Rotate and scale faces onto the model's training framing using "
+                           "the landmarks (default), or cut the box.")
+    ] = True,
+    face_margin: Annotated[
+        float | None, typer.Option(min=0.0, max=2.0, help="Grow each face's frame (--align) or box (--no-align) by this "
+                                   "fraction per side. Default: the model's training framing.")
     ] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each face with its mirror image.")] = False,
     every: Annotated[int, typer.Option(min=1, help="Videos: classify every N-th frame.")] = 1,
     fps: Annotated[float | None, typer.Option(help="Videos: sample this many frames per second.")] = None,
+    smooth: Annotated[
+        float | None, typer.Option(help="Videos: average each tracked face's probabilities over the last SECONDS.")
+    ] = None,
+    summary: Annotated[
+        Path | None, typer.Option(help="Videos: write a JSON summary (faces seen, dominant emotion per track, share "
+                                  "of time per emotion) to this file.")
+    ] = None,
     ray: Annotated[
         str | None, typer.Option(
             "--ray",
@@ -158,11 +181,17 @@ def predict(
             providers=_providers(providers),
             batch_size=batch_size,
             detector=detector,
+            min_score=min_score,
+            min_face=min_face,
+            align=align,
+            face_margin=face_margin,
             flip_tta=tta,
             every=every,
             fps=fps,
             ray=ray,
             output=output,
+            smooth=smooth,
+            summary=summary,
         )
     if outcome.all_failed:
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")

@@ -277,6 +277,13 @@ def get_detector(spec=None, *, min_score: float | None = None, min_face: int | N
     )
 
 
+def portable_spec(spec):
+    """``spec`` as it can be sent to other processes or machines: names stay names, paths become absolute."""
+    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and spec.strip().lower() in DETECTOR_NAMES):
+        return str(Path(spec).absolute())
+    return spec
+
+
 def _haar_cascade_path() -> str:
     data = getattr(cv2, "data", None)
     folder = getattr(data, "haarcascades", None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classifier import DETECTION_COLUMNS
 from .constants import EMOTIONS
 from .errors import FerSdkError, InvalidInputError
 from .io import atomic_path, atomic_write_text, check_output_file, check_output_folder
@@ -178,17 +179,19 @@ def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None =
     return target
 
 
-CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS, "error"]
+CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS, *DETECTION_COLUMNS, "error"]
 
 
 def csv_rows(result: PhotoResult) -> Iterator[list]:
     """One row per face; a photo with no face or an error still gets one row (empty face fields)."""
     if result.error is not None or not result.faces:
-        yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), result.error or ""]
+        yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), *[""] * len(DETECTION_COLUMNS),
+               result.error or ""]
         return
     for i, face in enumerate(result.faces):
         yield [result.source, i, *face.box, face.emotion, f"{face.score:.6f}",
-               *(f"{face.emotions[e]:.6f}" for e in EMOTIONS), ""]
+               *(f"{face.emotions[e]:.6f}" for e in EMOTIONS),
+               *("" if v is None else v for v in face.detection_values()), ""]
 
 
 def render(results: list[PhotoResult], fmt: str) -> str:
@@ -249,11 +252,17 @@ def run_predict(
     providers=None,
     batch_size: int = 64,
     detector=None,
+    min_score: float | None = None,
+    min_face: int | None = None,
+    align: bool = True,
+    face_margin: float | None = None,
     flip_tta: bool = False,
     every: int = 1,
     fps: float | None = None,
     ray: str | None = None,
     output: Path | None = None,
+    smooth: float | None = None,
+    summary: Path | None = None,
 ) -> RunOutcome:
     """Run the CLI's predict; returns how many inputs it processed and how many failed."""
     from .classifier import Classifier
@@ -261,16 +270,21 @@ def run_predict(
     if ray is not None:
         if annotate is not None:
             raise InvalidInputError("--annotate does not work with --ray (results go to Parquet); drop one of them")
+        if smooth is not None or summary is not None:
+            raise InvalidInputError("--smooth and --summary are for videos, which --ray does not read; drop them")
         from .ray_batch import run_ray_predict
 
         failed = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
-                                 providers=providers, detector=detector, flip_tta=flip_tta)
+                                 providers=providers, detector=detector, min_score=min_score, min_face=min_face,
+                                 align=align, face_margin=face_margin, flip_tta=flip_tta)
         return RunOutcome(None, failed)
     from .video import frame_step
 
     frame_step(25.0, every, fps)  # validates --every / --fps before any work
     if output is not None:
         check_output_file(output, option="--output")
+    if summary is not None:
+        check_output_file(summary, option="--summary")
     if annotate is not None:
         check_output_folder(annotate, option="--annotate")
     photos, videos, results = collect_inputs(paths)
@@ -279,18 +293,22 @@ def run_predict(
             f"no images or videos found in {', '.join(map(str, paths))} (dot files and folders are skipped); "
             f"pass image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos, or folders holding them"
         )
+    if (smooth is not None or summary is not None) and photos and not videos:
+        raise InvalidInputError("--smooth and --summary apply to videos; these inputs are photos: drop them")
     if photos and videos:
         raise InvalidInputError(
             f"got {len(photos)} photo(s) and {len(videos)} video(s) in one run; their outputs differ (one row per "
             "photo vs one row per video frame face): run photos and videos separately"
         )
-    clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, flip_tta=flip_tta)
+    clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
+                     min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta)
     taken = reserved_paths(photos, videos)  # annotated copies never overwrite an input
     if videos:
         from .video import predict_videos
 
         failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt="json" if fmt == "json" else "csv",
-                                       output=output, annotate=annotate, taken=taken)
+                                       output=output, annotate=annotate, taken=taken, smooth=smooth,
+                                       summary=summary)
         if not photos:
             for missing in results:
                 print(f"fer-sdk: error: {missing.error}", file=sys.stderr)

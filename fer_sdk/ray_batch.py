@@ -62,7 +62,8 @@ class FerPredictor:
 
     Input batch: a ``bytes`` column (encoded images; ``None`` rows are read from ``path``) and/or a ``path``
     column (local paths or ``pyarrow.fs`` URIs such as ``s3://``). Output batch: ``path``; ``n_faces``
-    (int32); ``faces``, a JSON list of ``Face.to_dict()`` (box, emotion, score, emotions), sorted like
+    (int32); ``faces``, a JSON list of ``Face.to_dict()`` (box, emotion, score, emotions, detection_score,
+    landmarks), sorted like
     ``Classifier.analyze``; ``emotion``, the top emotion of the largest face ("" when none); ``error``
     ("" when fine). Other input columns (ids, labels) are passed through unchanged.
 
@@ -78,7 +79,10 @@ class FerPredictor:
         providers: Any = None,
         threads: int | None = 1,
         detector: Any = None,
-        face_margin: float = 0.1,
+        min_score: float | None = None,
+        min_face: int | None = None,
+        align: bool = True,
+        face_margin: float | None = None,
         flip_tta: bool = False,
     ) -> None:
         from .classifier import Classifier
@@ -89,6 +93,9 @@ class FerPredictor:
             providers=providers,
             threads=threads,
             detector=detector,
+            min_score=min_score,
+            min_face=min_face,
+            align=align,
             face_margin=face_margin,
             flip_tta=flip_tta,
         )
@@ -356,9 +363,10 @@ def run_ray_predict(
     remote_out = output is not None and _is_uri(os.fspath(output))
     out = Path() if remote_out else _prepare_output(output)
     model = _check_model(model, local=address == "local")
-    detector = predictor_kw.get("detector")
-    if isinstance(detector, (str, os.PathLike)) and os.fspath(detector).lower().endswith(".onnx"):
-        predictor_kw["detector"] = str(Path(detector).absolute())
+    if "detector" in predictor_kw:  # a relative .onnx path must mean the same file on every worker
+        from .detect import portable_spec
+
+        predictor_kw["detector"] = portable_spec(predictor_kw["detector"])
     started = not ray.is_initialized()
     if started:
         local = address == "local"  # "local" always starts a fresh instance (never RAY_ADDRESS)

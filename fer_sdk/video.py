@@ -1,5 +1,10 @@
 """Video files: decode with OpenCV, classify the faces of sampled frames, stream per-face rows.
 
+Faces are followed across sampled frames (:class:`FaceTracker`: greedy matching by box overlap, then by landmark
+distance), so every row carries a ``track`` id; ``smooth=SECONDS`` replaces each row's probabilities with the
+mean of its track's over the last SECONDS (causal: only frames already seen), which stops per-frame labels
+from flickering; :class:`VideoSummary` collects per-video totals (``--summary FILE``).
+
 Frames are read and processed in chunks (``FRAMES_PER_CHUNK`` sampled frames at a time: detection on a
 thread pool, all their faces in shared inference batches), so memory stays flat however long the video.
 Rows go out as they are produced: CSV, or JSON Lines with ``fmt="json"``. With ``output=`` the file is
@@ -11,19 +16,141 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from .classifier import DETECTION_COLUMNS
 from .constants import EMOTIONS
 from .errors import FerSdkError, InvalidInputError
 from .io import atomic_path
 
 FRAMES_PER_CHUNK = 32
-ROW_FIELDS = ["video", "frame", "time_s", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS]
+ROW_FIELDS = ["video", "frame", "time_s", "face", "track", "x", "y", "w", "h", "emotion", "score", *EMOTIONS,
+              *DETECTION_COLUMNS]
+#: Frame rate assumed for a video whose file states none (annotated copies, smoothing windows, track expiry).
+ASSUMED_FPS = 25.0
+#: A track not matched for this long ends; a face seen again later gets a new id.
+TRACK_TIMEOUT_S = 1.0
+#: Smallest box overlap (IoU) that continues a track.
+TRACK_MIN_IOU = 0.3
+
+
+def _iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax1, bx1) - max(a[0], b[0]))
+    ih = max(0.0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _landmark_distance(a, b) -> float:
+    """Mean landmark distance of two faces over the size of the first box (inf without landmarks)."""
+    if a.landmarks is None or b.landmarks is None:
+        return math.inf
+    d = np.linalg.norm(np.asarray(a.landmarks) - np.asarray(b.landmarks), axis=1).mean()
+    return float(d / max(a.box[2], a.box[3], 1))
+
+
+class FaceTracker:
+    """Gives each face a track id that follows it from one sampled frame to the next.
+
+    Each frame, pairs (live track, face) are taken best first: by box IoU (at least ``TRACK_MIN_IOU``), then,
+    for faces left over, by landmark distance (under half the box size: a face that moved fast). A track not
+    matched for ``timeout_s`` ends. Ids count from 0 in order of appearance; no new dependency, O(tracks x faces).
+    """
+
+    def __init__(self, timeout_s: float = TRACK_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._tracks: dict[int, tuple[float, object]] = {}  # id -> (last time seen, last face)
+        self._next = 0
+
+    def update(self, t: float, faces: list) -> list[int]:
+        self._tracks = {k: v for k, v in self._tracks.items() if t - v[0] <= self.timeout_s}
+        ids: list[int | None] = [None] * len(faces)
+        free = set(self._tracks)
+        pairs = sorted(
+            ((_iou(self._tracks[k][1].box, f.box), k, i) for k in free for i, f in enumerate(faces)),
+            reverse=True,
+        )
+        for iou, k, i in pairs:
+            if iou >= TRACK_MIN_IOU and k in free and ids[i] is None:
+                ids[i] = k
+                free.discard(k)
+        near = sorted(
+            (_landmark_distance(self._tracks[k][1], f), k, i)
+            for k in free for i, f in enumerate(faces) if ids[i] is None
+        )
+        for dist, k, i in near:
+            if dist < 0.5 and k in free and ids[i] is None:
+                ids[i] = k
+                free.discard(k)
+        for i, face in enumerate(faces):
+            if ids[i] is None:
+                ids[i] = self._next
+                self._next += 1
+            self._tracks[ids[i]] = (t, face)
+        return [int(i) for i in ids]  # type: ignore[arg-type]
+
+
+class Smoother:
+    """Causal moving average of each track's probabilities over the last ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+            raise InvalidInputError(f"smooth={seconds!r} must be a number of seconds > 0 (e.g. smooth=1.0)")
+        self.seconds = float(seconds)
+        self._history: dict[int, deque] = {}
+
+    def update(self, track: int, t: float, probs: np.ndarray) -> np.ndarray:
+        history = self._history.setdefault(track, deque())
+        history.append((t, probs))
+        while history and history[0][0] <= t - self.seconds:
+            history.popleft()
+        return np.mean([p for _, p in history], axis=0)
+
+
+class VideoSummary:
+    """Per-video totals: frames sampled, face rows, tracks (span, dominant emotion), share of rows per emotion."""
+
+    def __init__(self, video: str) -> None:
+        self.video = video
+        self.frames = 0
+        self.rows = 0
+        self._tracks: dict[int, dict] = {}
+        self._counts = dict.fromkeys(EMOTIONS, 0)
+
+    def add_frame(self) -> None:
+        self.frames += 1
+
+    def add(self, track: int, t: float, emotion: str, probs: np.ndarray) -> None:
+        self.rows += 1
+        self._counts[emotion] += 1
+        entry = self._tracks.setdefault(track, {"first_s": t, "last_s": t, "frames": 0, "sum": np.zeros(len(EMOTIONS))})
+        entry["last_s"] = t
+        entry["frames"] += 1
+        entry["sum"] += probs
+
+    def to_dict(self) -> dict:
+        tracks = []
+        for track, e in sorted(self._tracks.items()):
+            mean = e["sum"] / e["frames"]
+            tracks.append({
+                "track": track, "first_s": round(e["first_s"], 3), "last_s": round(e["last_s"], 3),
+                "frames": e["frames"], "dominant_emotion": EMOTIONS[int(mean.argmax())],
+                "mean_probabilities": {k: round(float(v), 6) for k, v in zip(EMOTIONS, mean)},
+            })
+        return {
+            "video": self.video, "frames_sampled": self.frames, "face_rows": self.rows, "faces_seen": len(tracks),
+            "emotion_share": {k: round(v / self.rows, 6) if self.rows else 0.0 for k, v in self._counts.items()},
+            "tracks": tracks,
+        }
 
 
 def _open(path: Path):
@@ -48,12 +175,25 @@ def frame_step(native_fps: float, every: int = 1, fps: float | None = None) -> i
     return max(1, round(native_fps / fps))
 
 
+def native_fps(cap) -> float:
+    """The frame rate a video file states, or 0.0 when it states none (or nonsense)."""
+    value = float(cap.get(5) or 0.0)  # cv2.CAP_PROP_FPS
+    return value if math.isfinite(value) and 0 < value <= 1000 else 0.0
+
+
 def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | None = None,
-                     on_frames=None, on_annotated=None) -> Iterator[dict]:
-    """Yield one row per face (dicts with ``ROW_FIELDS``) of the sampled frames of ``path``."""
+                     on_frames=None, on_annotated=None, smooth: float | None = None,
+                     summary: VideoSummary | None = None) -> Iterator[dict]:
+    """Yield one row per face (dicts with ``ROW_FIELDS``) of the sampled frames of ``path``.
+
+    ``smooth``: seconds of each track's history its probabilities are averaged over (``None``: per frame).
+    """
+    smoother = None if smooth is None else Smoother(smooth)
+    tracker = FaceTracker()
     cap = _open(path)
     try:
-        native = cap.get(5) or 0.0  # cv2.CAP_PROP_FPS
+        native = native_fps(cap)
+        clock = native or ASSUMED_FPS
         step = frame_step(native, every, fps)
         index = 0
         while True:
@@ -72,14 +212,25 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
                 return
             for frame_no, frame, faces in zip(numbers, frames, classifier.analyze_many(frames)):
                 t = round(frame_no / native, 3) if native > 0 else None  # None: the video states no frame rate
+                now = frame_no / clock
+                tracks = tracker.update(now, faces)
+                if summary is not None:
+                    summary.add_frame()
                 if on_annotated is not None:
                     on_annotated(frame, faces)
-                for i, face in enumerate(faces):
+                for i, (face, track) in enumerate(zip(faces, tracks)):
+                    probs = np.array([face.emotions[e] for e in EMOTIONS])
+                    if smoother is not None:
+                        probs = smoother.update(track, now, probs)
+                    top = int(probs.argmax())
+                    if summary is not None:
+                        summary.add(track, now, EMOTIONS[top], probs)
                     yield {
-                        "video": str(path), "frame": frame_no, "time_s": t, "face": i,
+                        "video": str(path), "frame": frame_no, "time_s": t, "face": i, "track": track,
                         "x": face.box[0], "y": face.box[1], "w": face.box[2], "h": face.box[3],
-                        "emotion": face.emotion, "score": round(face.score, 6),
-                        **{e: round(face.emotions[e], 6) for e in EMOTIONS},
+                        "emotion": EMOTIONS[top], "score": round(float(probs[top]), 6),
+                        **{e: round(float(p), 6) for e, p in zip(EMOTIONS, probs)},
+                        **dict(zip(DETECTION_COLUMNS, face.detection_values())),
                     }
             if len(frames) < FRAMES_PER_CHUNK and not ok:
                 return
@@ -89,12 +240,14 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
 
 def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float | None = None,
                    fmt: str = "csv", output: Path | None = None, annotate: Path | None = None,
-                   taken: set[Path] | None = None) -> list[int]:
+                   taken: set[Path] | None = None, smooth: float | None = None,
+                   summary: Path | None = None) -> list[int]:
     """Classify the faces of every video; returns the exit codes of the videos that failed (each reported on
     stderr), so ``[]`` when all were processed.
 
     ``taken``: resolved paths annotated videos must not take (the inputs, earlier outputs); two videos with
     the same name in different folders get ``clip.annotated.mp4`` and ``clip.annotated-2.mp4``.
+    ``summary``: write a JSON list with one :class:`VideoSummary` per processed video there (atomically).
     """
     import cv2
     from rich.console import Console
@@ -103,6 +256,9 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
     from .predict import annotate_image, reserved_paths, unique_path
 
     failed: list[int] = []
+    summaries: list[dict] = []
+    if smooth is not None:
+        Smoother(smooth)  # validate before any work
     json_lines = fmt == "json"
     if taken is None:
         taken = reserved_paths(videos)
@@ -124,7 +280,7 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
                 cap = _open(path)
                 total = int(cap.get(7) or 0)  # cv2.CAP_PROP_FRAME_COUNT
                 size = (int(cap.get(3)), int(cap.get(4)))
-                native = cap.get(5) or 25.0
+                native = native_fps(cap) or ASSUMED_FPS
                 cap.release()
                 task = progress.add_task(f"frames of {path.name}", total=total or None)
                 with ExitStack() as per_video:
@@ -145,16 +301,22 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
                         def on_annotated(frame, faces, _w=out_video):
                             _w.write(annotate_image(frame, faces))
 
+                    totals = VideoSummary(str(path))
                     for row in iter_video_faces(classifier, path, every=every, fps=fps,
                                                 on_frames=lambda n, t=task: progress.advance(t, n),
-                                                on_annotated=on_annotated):
+                                                on_annotated=on_annotated, smooth=smooth, summary=totals):
                         if json_lines:
                             sink.write(json.dumps(row) + "\n")
                         else:
                             writer.writerow(row)
+                    summaries.append(totals.to_dict())
             except FerSdkError as exc:
                 failed.append(exc.exit_code)
                 print(f"fer-sdk: error: {exc}", file=sys.stderr)
+    if summary is not None:
+        from .io import atomic_write_json
+
+        atomic_write_json(summary, summaries)
     return failed
 
 
