@@ -320,6 +320,14 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, d
             extra = {"architecture": arch, "parameters": int(run_metrics["parameters"]),
                      "training": training_stages(Path(run), run_metrics, arch)}
             manifest["models"][path.stem] = _card(path, extra, data, public, models_dir, log)
+    _build_ensembles(manifest, models_dir, ensembles, data, public, log)
+    manifest["default"] = default or manifest.get("default") or next(iter(manifest["models"]))
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def _build_ensembles(manifest: dict, models_dir: Path, ensembles: dict, data: Path, public, log) -> None:
     for name, members in ensembles.items():
         path = models_dir / f"{name}.onnx"
         files = [(models_dir / manifest["models"][m]["file"], w) for m, w in members]
@@ -330,7 +338,37 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, d
         extra = {"architecture": "ensemble", "parameters": report["parameters"],
                  "ensemble": {"members": report["members"], "command": command}}
         manifest["models"][name] = _card(path, extra, data, public, models_dir, log)
-    manifest["default"] = default or manifest.get("default") or next(iter(manifest["models"]))
+
+
+def requantize(archs: list[str], data: Path, *, models_dir: Path | None = None, seed: int = 0,
+               calibration_size: int = 1000, log=print) -> dict:
+    """Quantize the bundled fp32 models ``archs`` to INT8 again (calibration as ``fer-sdk export`` picks it:
+    ``calibration_size`` Training faces drawn with ``seed``), re-card them, and rebuild the bundled ensembles
+    that average them. Their training lineage is kept from the existing cards."""
+    import numpy as np
+
+    from fer_sdk.data import load_split
+
+    from .quantize import quantize_int8
+
+    models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    missing = [a for a in archs if a not in manifest["models"]]
+    if missing:
+        raise InvalidInputError(f"--requantize {missing}: not bundled fp32 models; choose from {sorted(manifest['models'])}")
+    ensembles = _plan_ensembles(manifest, models_dir, dict.fromkeys(archs), {}, log)
+    public = load_split(data, "PublicTest")
+    x_train, _ = load_split(data, "Training")
+    pick = np.random.default_rng(seed).choice(len(x_train), size=min(calibration_size, len(x_train)), replace=False)
+    for arch in archs:
+        out = models_dir / f"{arch}-int8.onnx"
+        quantize_int8(models_dir / manifest["models"][arch]["file"], out, calibration_faces=x_train[np.sort(pick)],
+                      eval_faces=public[0], eval_labels=public[1], log=log)
+        old = json.loads((models_dir / manifest["models"][arch]["card"]).read_text())
+        extra = {"architecture": old["architecture"], "parameters": old["parameters"], "training": old.get("training")}
+        manifest["models"][out.stem] = _card(out, extra, data, public, models_dir, log)
+    _build_ensembles(manifest, models_dir, ensembles, data, public, log)
     manifest["models"] = dict(sorted(manifest["models"].items()))
     atomic_write_json(manifest_path, manifest)
     return manifest
@@ -440,9 +478,19 @@ def main(argv=None) -> None:
                     help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. "
                     "ensemble-int8=deep-int8:0.7,shallow-int8:0.3 (built after the runs)")
     ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
+    ap.add_argument("--requantize", action="append", default=[], metavar="ARCH",
+                    help="quantize the bundled fp32 model ARCH (e.g. deep) to INT8 again and rebuild its ensembles")
     args = ap.parse_args(argv)
     if args.table:
         print(models_table(json.loads((bundled_models_dir() / "manifest.json").read_text())))
+        return
+    if args.requantize:
+        if args.data is None or args.run or args.ensemble:
+            ap.error("--requantize ARCH takes --data FER2013.csv.gz and no --run or --ensemble")
+        try:
+            requantize(args.requantize, args.data)
+        except FerSdkError as exc:
+            ap.exit(exc.exit_code, f"error: {exc}\n")
         return
     if not (args.run or args.ensemble) or args.data is None:
         ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR or --ensemble (or --table)")

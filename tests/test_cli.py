@@ -116,7 +116,8 @@ def test_predict_json_has_every_detected_face(tiny, samples_dir, library_faces):
         assert "error" not in photo
         assert len(photo["faces"]) == len(expected) >= 1
         for face, ref in zip(photo["faces"], expected):
-            assert set(face) == {"box", "emotion", "score", "emotions"}
+            assert set(face) == {"box", "emotion", "score", "emotions", "detection_score", "landmarks"}
+            assert face["detection_score"] == pytest.approx(ref.detection_score) and len(face["landmarks"]) == 5
             assert face["box"] == list(ref.box) and all(isinstance(v, int) for v in face["box"])
             assert list(face["emotions"]) == list(EMOTIONS)
             assert face["emotion"] == max(face["emotions"], key=face["emotions"].get) == ref.emotion

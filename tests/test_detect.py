@@ -162,7 +162,7 @@ def test_haar_with_a_broken_xml(monkeypatch, tmp_path, content):
 
 
 def test_yunet_missing_file(tmp_path):
-    with pytest.raises(ModelError, match=r"does not exist.*face_detection_yunet_2023mar\.onnx.*opencv_zoo"):
+    with pytest.raises(ModelError, match=r"does not exist.*detector='yunet'.*face_detection_yunet_2023mar\.onnx"):
         YuNetDetector(tmp_path / "face_detection_yunet_2023mar.onnx")
     with pytest.raises(ModelError, match="is a directory"):
         YuNetDetector(tmp_path)
@@ -171,7 +171,7 @@ def test_yunet_missing_file(tmp_path):
 def test_yunet_invalid_file(tmp_path):
     path = tmp_path / "fake.onnx"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
-    with pytest.raises(ModelError, match=r"fake\.onnx is not a usable YuNet ONNX model.*opencv_zoo"):
+    with pytest.raises(ModelError, match=r"<500 bytes of ONNX> is not a loadable ONNX model"):
         YuNetDetector(path)
 
 
@@ -186,11 +186,11 @@ def test_yunet_valid_onnx_that_is_not_yunet(tmp_path):
     model.ir_version = 8
     path = tmp_path / "relu.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(ModelError, match=r"relu\.onnx failed as a YuNet face detector.*face_detection_yunet"):
+    with pytest.raises(ModelError, match=r"relu\.onnx is not a YuNet face detector.*missing outputs.*cls_8"):
         YuNetDetector(path)
 
 
-@pytest.mark.parametrize("kwargs", [{"score_threshold": 1.5}, {"nms_threshold": -0.1}, {"top_k": 0}])
+@pytest.mark.parametrize("kwargs", [{"min_score": 1.5}, {"nms_threshold": -0.1}, {"top_k": 0}, {"min_face": 2.5}])
 def test_yunet_bad_parameters(tmp_path, kwargs):
     with pytest.raises(InvalidInputError, match="YuNetDetector"):
         YuNetDetector(tmp_path / "x.onnx", **kwargs)
@@ -200,11 +200,11 @@ def test_yunet_bad_parameters(tmp_path, kwargs):
 
 
 def test_get_detector_builtin_specs(haar, tmp_path):
-    assert isinstance(get_detector(), HaarDetector)
+    assert isinstance(get_detector(), YuNetDetector) and isinstance(get_detector(" YuNet "), YuNetDetector)
     assert isinstance(get_detector("haar"), HaarDetector) and isinstance(get_detector(" HAAR "), HaarDetector)
     assert get_detector(haar) is haar
     assert isinstance(haar, FaceDetector)
-    with pytest.raises(ModelError, match="face_detection_yunet_2023mar.onnx"):
+    with pytest.raises(ModelError, match="does not exist.*face_detection_yunet_2023mar.onnx"):
         get_detector(str(tmp_path / "yunet.onnx"))
     with pytest.raises(ModelError, match="does not exist"):
         get_detector(tmp_path / "YUNET.ONNX")
@@ -236,7 +236,7 @@ def test_wrapped_detector_output_is_checked(astronaut, output):
 
 @pytest.mark.parametrize("spec", [42, "yolo", Path("detector.txt"), object(), 1.5])
 def test_get_detector_rejects_other_specs(spec):
-    with pytest.raises(InvalidInputError, match=r"None or 'haar'.*\.onnx.*detect\(image\).*callable"):
+    with pytest.raises(InvalidInputError, match=r"'yunet'.*'haar'.*\.onnx.*detect\(image\).*callable"):
         get_detector(spec)
 
 
