@@ -105,3 +105,51 @@ def test_unreadable_video_is_reported_not_raised(tmp_path, tiny_models):
     assert result.exit_code == 2  # the only input failed: its own code (InvalidInputError), not 8
     assert "broken.mp4" in result.output
     assert "Traceback" not in result.output
+
+
+def test_tracks_follow_faces_and_smoothing_averages_each_track(tmp_path, samples_dir):
+    from fer_sdk.video import FaceTracker, Smoother, VideoSummary
+
+    two = cv2.imread(str(samples_dir / "two_faces.jpg"))
+    astronaut = cv2.imread(str(samples_dir / "astronaut.jpg"))
+    h, w = two.shape[:2]
+    video = make_test_video(tmp_path / "t.mp4", [two, astronaut], frames_per_image=6, fps=10, size=(w, h))
+    clf = Classifier("deep-int8")
+    summary = VideoSummary(str(video))
+    rows = list(iter_video_faces(clf, video, smooth=0.5, summary=summary))
+    raw = list(iter_video_faces(clf, video))
+    first = [r for r in rows if r["frame"] < 6]
+    assert {r["track"] for r in first if r["face"] == 0} == {0} and {r["track"] for r in first if r["face"] == 1} == {1}
+    later = {r["track"] for r in rows if r["frame"] >= 6}
+    assert later and later.isdisjoint({0, 1})  # another person, elsewhere in the frame: a new track
+    # smoothing is the causal mean of the track's last 0.5 s (5 frames at 10 fps)
+    track0 = [r for r in raw if r["track"] == 0]
+    smoothed0 = [r for r in rows if r["track"] == 0]
+    for k in range(len(track0)):
+        window = [r for r in track0 if track0[k]["frame"] - 5 < r["frame"] <= track0[k]["frame"]]
+        for e in ("happy", "neutral"):
+            assert smoothed0[k][e] == pytest.approx(sum(r[e] for r in window) / len(window), abs=2e-6)
+    totals = summary.to_dict()
+    assert totals["frames_sampled"] == 12 and totals["face_rows"] == len(rows) and totals["faces_seen"] == len(
+        {r["track"] for r in rows})
+    assert sum(totals["emotion_share"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert totals["tracks"][0]["frames"] == 6
+    tracker = FaceTracker(timeout_s=0.2)
+    from fer_sdk.classifier import Face
+
+    face = Face((10, 10, 50, 50), {}, "happy", 1.0)
+    assert tracker.update(0.0, [face]) == [0] and tracker.update(0.1, [face]) == [0]
+    assert tracker.update(1.0, [face]) == [1]  # unseen for longer than the timeout: a new track
+    with pytest.raises(InvalidInputError, match="smooth"):
+        Smoother(0)
+
+
+def test_cli_writes_a_video_summary(tmp_path, clip):
+    out = tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["predict", "--model", "deep-int8", str(clip), "--smooth", "1", "--summary",
+                                      str(out), "-o", str(tmp_path / "rows.csv")])
+    assert result.exit_code == 0, result.output
+    (summary,) = json.loads(out.read_text())
+    assert summary["video"] == str(clip) and summary["frames_sampled"] == 12 and summary["faces_seen"] >= 3
+    rows = list(csv.DictReader(open(tmp_path / "rows.csv")))
+    assert {r["track"] for r in rows} == {str(t["track"]) for t in summary["tracks"]}
