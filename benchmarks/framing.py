@@ -43,7 +43,7 @@ def measure_framing(data: str, *, faces: int = 3000, seed: int = 0) -> dict:
         if boxes:
             hboxes.append((np.asarray(max(boxes, key=lambda b: b[2]), float) - [pad, pad, 0, 0]) / side)
     return {
-        "faces": int(len(pick)),
+        "faces": len(pick),
         "yunet_found": len(points) / len(pick),
         "haar_found": len(hboxes) / len(pick),
         "landmarks": np.round(np.median(points, axis=0), 4).tolist(),

@@ -56,7 +56,7 @@ def score(y_true: list[int], y_pred: list[int]) -> dict:
     found = p >= 0
     report = classification_report(t, p)
     return {
-        "photos": int(len(t)),
+        "photos": len(t),
         "found_rate": float(found.mean()) if len(t) else 0.0,
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
@@ -161,6 +161,39 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def update_cards(folder: str | Path, *, limit: int | None = None, log: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Measure every bundled model and write its rows into its card (``photos_in_the_wild``), Markdown too."""
+    from fer_sdk.export.ship import card_markdown
+
+    from fer_sdk.framing import Framing
+    from fer_sdk.io import atomic_write_json, atomic_write_text
+    from fer_sdk.registry import list_models, models_dir
+
+    done = []
+    for spec in list_models():
+        if spec.card is None:
+            continue
+        report = measure_wild(folder, model=spec.name, limit=limit, log=log)
+        card_path = models_dir() / spec.card
+        card = json.loads(card_path.read_text())
+        if card.get("sha256") != spec.sha256:
+            raise RuntimeError(f"{card_path} describes another file than {spec.file}; re-ship it first")
+        from fer_sdk.classifier import Classifier
+
+        card["framing"] = Framing.from_metadata(Classifier(spec.name).metadata).name
+        card["photos_in_the_wild"] = {
+            "data": Path(folder).name, "photos": report["photos"],
+            "command": f"python -m fer_sdk.benchmarks.wild --data {Path(folder).name} --model {spec.name}",
+            "rules": [{k: r[k] for k in ("rule", "options", "found_rate", "accuracy", "macro_f1")}
+                      for r in report["rules"]],
+        }
+        atomic_write_json(card_path, card)
+        atomic_write_text(card_path.with_suffix(".md"), card_markdown(card))
+        done.append(spec.name)
+        log(f"{spec.name}: card updated")
+    return done
+
+
 def _pct(value: float) -> str:
     return f"{value * 100:.2f} %"
 
@@ -172,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action="store_true", help="also run the fer package, when installed")
     parser.add_argument("--limit", type=int, default=None, help="first N photos only")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
+    parser.add_argument("--cards", action="store_true", help="measure every bundled model and write the rows into "
+                        "its model card (fer_sdk/models/cards)")
     args = parser.parse_args(argv)
+    if args.cards:
+        update_cards(args.data, limit=args.limit, log=lambda m: print(m, file=sys.stderr))
+        return 0
     report = measure_wild(args.data, model=args.model, peer=args.peer, limit=args.limit,
                           log=lambda m: print(m, file=sys.stderr))
     if args.json:

@@ -25,6 +25,7 @@ import numpy as np
 
 from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME
 from fer_sdk.errors import DependencyError, FerSdkError, InvalidInputError, ModelError
+from fer_sdk.framing import FER2013
 from fer_sdk.io import atomic_write_bytes
 from fer_sdk.registry import sha256_file
 
@@ -306,6 +307,7 @@ def build_metadata(*, architecture: str, parameters: int, source_sha256: str, me
             "resize": "area",
         },
         "output": {"name": OUTPUT_NAME, "kind": "softmax"},
+        "framing": FER2013.to_dict(),  # the training faces' framing: the runtime cuts detected faces to it
         "architecture": architecture,
         "precision": "fp32",
         "parameters": int(parameters),

@@ -17,6 +17,7 @@ import shlex
 from pathlib import Path
 
 from fer_sdk.errors import FerSdkError, InvalidInputError
+from fer_sdk.framing import Framing
 from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
 from fer_sdk.registry import sha256_file
@@ -117,10 +118,30 @@ def card_markdown(card: dict) -> str:
     if card.get("quantization"):
         q = card["quantization"]
         lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
+    lines += _wild_lines(card)
     lines += ["", "## Evaluate it yourself", "", f"`{card['evaluate_command']}` (add `--tta` for the flip TTA number)",
               "", "## Known limits", ""]
     lines += [f"- {item}" for item in card["known_limits"]]
     return "\n".join(lines) + "\n"
+
+
+def _wild_lines(card: dict) -> list[str]:
+    framing = card.get("framing", "fer2013")
+    lines = ["", "## Photos", "", f"- Framing: `{framing}` (detected faces are cut to it; see `fer_sdk.framing`)."]
+    wild = card.get("photos_in_the_wild")
+    if not wild:
+        return lines
+    lines += [
+        (f"- Whole pipeline (decode, detect, crop, classify) on {wild['photos']} crowd-labelled photos of faces "
+         f"(`{wild['data']}`; noisy labels: compare rows, not with FER2013). A photo with no face counts as wrong."),
+        f"  Reproduce: `{wild['command']}`",
+        "",
+        "| crop rule | faces found | accuracy | macro-F1 |",
+        "|---|---|---|---|",
+    ]
+    for r in wild["rules"]:
+        lines.append(f"| {r['rule']} | {100 * r['found_rate']:.2f} % | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.3f} |")
+    return lines
 
 
 def _kind(card: dict) -> str:
@@ -435,6 +456,12 @@ def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) ->
         "confusion_png": f"cards/{name}.png",
         "known_limits": KNOWN_LIMITS + (ENSEMBLE_LIMITS if "ensemble" in extra else []),
     }
+    card["framing"] = Framing.from_metadata(meta).name
+    previous = models_dir / "cards" / f"{name}.json"
+    if previous.is_file():  # photo-pipeline numbers measured on this very file stay (benchmarks.wild --cards)
+        old = json.loads(previous.read_text())
+        if old.get("sha256") == card["sha256"] and old.get("photos_in_the_wild"):
+            card["photos_in_the_wild"] = old["photos_in_the_wild"]
     confusion_png(report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %",
                   models_dir / "cards" / f"{name}.png")
     atomic_write_json(models_dir / "cards" / f"{name}.json", card)

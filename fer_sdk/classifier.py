@@ -26,7 +26,6 @@ from .errors import InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
 from .images import load_image
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
-from .yunet import LANDMARKS, YuNetDetector
 from .registry import ModelSpec
 from .runtime import (
     check_threads,
@@ -36,6 +35,7 @@ from .runtime import (
     session_source,
     usable_cores,
 )
+from .yunet import LANDMARKS, YuNetDetector
 
 _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
 
@@ -362,7 +362,7 @@ class Classifier:
 
     def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
         with self._pool_lock:
-            if self._pool is None or self._pool._max_workers < workers:  # noqa: SLF001 (stdlib attribute)
+            if self._pool is None or self._pool._max_workers < workers:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)
                 self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_sdk-detect")
@@ -375,7 +375,7 @@ class Classifier:
                 self._pool.shutdown(wait=True)
                 self._pool = None
 
-    def __enter__(self) -> Classifier:
+    def __enter__(self) -> Classifier:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,9 +20,9 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from .detection import Box, Detection, normalize_boxes
 from .errors import DependencyError, InvalidInputError, ModelError, positive_int
 from .images import as_image
-from .detection import Box, Detection, Point, normalize_boxes
 from .yunet import YuNetDetector
 
 #: Names ``get_detector`` accepts, the first is the default.

@@ -151,5 +151,5 @@ def test_cli_writes_a_video_summary(tmp_path, clip):
     assert result.exit_code == 0, result.output
     (summary,) = json.loads(out.read_text())
     assert summary["video"] == str(clip) and summary["frames_sampled"] == 12 and summary["faces_seen"] >= 3
-    rows = list(csv.DictReader(open(tmp_path / "rows.csv")))
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "rows.csv").read_text())))
     assert {r["track"] for r in rows} == {str(t["track"]) for t in summary["tracks"]}

@@ -245,7 +245,7 @@ def test_crop_rules_differ_and_follow_the_options():
     (det,) = aligned.detect(image)
     framed = Classifier("deep-int8", align=False)
     margin = Classifier("deep-int8", align=False, face_margin=0.0)
-    x, y, w, h = det.box
+    _, _, w, h = det.box
     assert margin.crop(image, det).shape[:2] == (h, w)  # the bare box
     side = framed.crop(image, det).shape[0]
     assert side == pytest.approx((w / FER2013.yunet_box[2] + h / FER2013.yunet_box[3]) / 2, abs=2)
