@@ -68,9 +68,10 @@ def export_model(
                 f"calibration_size={calibration_size} is too small: INT8 calibration needs at least "
                 f"{MIN_CALIBRATION_FACES} Training faces (e.g. --calibration-size 1000)"
             )
-    check_output_file(out, option="--out")
+    inputs = [p for p in (source, data, calibration) if p is not None]
+    check_output_file(out, option="--out", inputs=inputs)
     if int8:
-        check_output_file(int8_path(out), option="--out (its INT8 twin)")
+        check_output_file(int8_path(out), option="--out (its INT8 twin)", inputs=inputs)
     data_splits = read_fer2013(data, splits=EVAL_SPLITS)  # holds Training too: calibration from --data reads the file once
     x_eval, y_eval, eval_name = _faces(data_splits, data, EVAL_SPLITS)
     if int8:  # read the calibration faces before converting: a bad file fails in seconds, with nothing written

@@ -31,12 +31,12 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .constants import EMOTIONS, INPUT_SIZE
 from .errors import DatasetError, InvalidInputError
-from .preprocess import resize_image
+from .io import open_regular, read_regular_file
+from .preprocess import resize_image, to_gray
 
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 #: Accepted split names (lower case) -> canonical split.
@@ -53,6 +53,15 @@ EXPECTED_HEADER = "emotion,pixels,Usage"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 _PIXELS = INPUT_SIZE[0] * INPUT_SIZE[1]
+#: A FER2013 row is at most ~9.3 kB ("6,", 2,304 values of up to 3 digits and a space, ",PrivateTest").
+MAX_LINE_BYTES = 16 * 1024
+#: Most CSV bytes read from one file (FER2013 unpacks to 301 MB): caps what a .gz/.tar/.zip may expand to.
+MAX_CSV_BYTES = 1024 * 1024 * 1024
+#: Most blank lines tolerated (FER2013 has none; a file of blank lines is refused in seconds, not minutes).
+MAX_BLANK_LINES = 10_000
+#: Image-folder faces: largest file and picture read (the release's faces are 48x48 JPEGs of ~2 kB).
+MAX_FACE_FILE_BYTES = 16 * 1024 * 1024
+MAX_FACE_PIXELS = 4096 * 4096
 _ROW_FORMAT = (
     f"each row must read <emotion 0-{len(EMOTIONS) - 1}>,<{_PIXELS} space-separated integers 0-255>,"
     f"<{'|'.join(SPLITS)}>"
@@ -140,7 +149,7 @@ _ARCHIVE_CSVS = ("fer2013.csv", "icml_face_data.csv")
 def _open(path: Path, stack: ExitStack):
     """A binary file object for the CSV in ``path``: plain, gzip, or the CSV member of a tar(.gz) / zip."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, error=DatasetError, what="dataset file") as fh:
             magic = fh.read(4)
         if magic == b"PK\x03\x04":
             if not zipfile.is_zipfile(path):
@@ -155,7 +164,8 @@ def _open(path: Path, stack: ExitStack):
             archive = stack.enter_context(tarfile.open(path))  # noqa: SIM115 (closed by the stack)
             members = {m.name: m for m in archive.getmembers() if m.isfile()}
             return stack.enter_context(archive.extractfile(members[_archive_csv(path, list(members))]))
-        return stack.enter_context(gzip.open(path, "rb") if magic[:2] == b"\x1f\x8b" else open(path, "rb"))
+        raw = stack.enter_context(open_regular(path, error=DatasetError, what="dataset file"))
+        return stack.enter_context(gzip.open(raw, "rb")) if magic[:2] == b"\x1f\x8b" else raw
     except (NotImplementedError, RuntimeError) as exc:  # zip: unsupported compression, encrypted member
         raise DatasetError(f"{path}: cannot be unpacked here ({exc}). Fix: extract fer2013.csv and pass that.") from exc
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
@@ -196,8 +206,31 @@ def _read_csv(path: Path, wanted):
         ) from exc
 
 
+def _bounded_lines(fh, path: Path):
+    """``(line number, line)`` from line 2 on, refusing a line longer than any FER2013 row as it streams and a
+    file that unpacks to more than ``MAX_CSV_BYTES``."""
+    total = 0
+    lineno = 1
+    while True:
+        line = fh.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        lineno += 1
+        total += len(line)
+        if len(line) > MAX_LINE_BYTES:
+            _bad_row(path, lineno, f"is longer than {MAX_LINE_BYTES:,} bytes, more than any FER2013 row holds")
+        if total > MAX_CSV_BYTES:
+            raise DatasetError(
+                f"{path}: unpacks to more than {MAX_CSV_BYTES:,} bytes of CSV, over three times FER2013's 301 MB. "
+                "Fix: pass the original fer2013.csv (or .csv.gz)."
+            )
+        yield lineno, line
+
+
 def _parse_csv(fh, path: Path, wanted):
-    header = fh.readline()
+    header = fh.readline(MAX_LINE_BYTES + 1)
+    if len(header) > MAX_LINE_BYTES:
+        _bad_row(path, 1, f"is longer than {MAX_LINE_BYTES:,} bytes; the header is {EXPECTED_HEADER!r}")
     if header.startswith(b"\xef\xbb\xbf"):
         header = header[3:]
     names = [c.strip().strip(b'"').strip().lower() for c in header.rstrip(b"\r\n").split(b",")]
@@ -215,9 +248,13 @@ def _parse_csv(fh, path: Path, wanted):
     labels: dict[str, list[int]] = {s: [] for s in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
 
-    for lineno, line in enumerate(fh, start=2):
+    blank = 0
+    for lineno, line in _bounded_lines(fh, path):
         line = line.rstrip(b"\r\n")
         if not line.strip():
+            blank += 1
+            if blank > MAX_BLANK_LINES:
+                _bad_row(path, lineno, f"more than {MAX_BLANK_LINES:,} blank lines (FER2013 has none)")
             continue
         fields = line.split(b",")
         if len(fields) != 3:
@@ -331,14 +368,12 @@ def _read_folder(root: Path, wanted):
 
 
 def _read_face(file: Path) -> np.ndarray:
+    from .images import InvalidImageError, decode_image
+
+    data = read_regular_file(file, max_bytes=MAX_FACE_FILE_BYTES, error=DatasetError, what="face image")
     try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"{file}: cannot be read ({exc}).") from exc
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
-    except cv2.error:
-        image = None
-    if image is None or image.size == 0:
-        raise DatasetError(f"{file}: cannot be decoded as an image. Fix: re-download it or remove it.")
+        image = to_gray(decode_image(data, source=str(file), max_pixels=MAX_FACE_PIXELS))
+    except InvalidImageError as exc:
+        reason = str(exc).split(" Fix:")[0].removeprefix(f"{file}: ")
+        raise DatasetError(f"{file}: cannot be decoded as an image ({reason}). Fix: re-download it or remove it.") from None
     return resize_image(image, *INPUT_SIZE)

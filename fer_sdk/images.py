@@ -6,9 +6,12 @@ they are scaled to 8 bits, and OpenCV applies the EXIF orientation (it skips it 
 ``IMREAD_UNCHANGED``). An alpha channel is dropped, as ``cv2.imread(path)`` does: transparent pixels keep
 whatever color they store.
 
-Decompression bombs: the pixel count is read from the header of PNG, JPEG, GIF, BMP, WebP and PNM files
-and checked against ``max_pixels`` *before* anything is decoded; other formats (TIFF, ...) are checked
-right after decoding.
+Decompression bombs: the pixel count is read from the header of every accepted format (``ACCEPTED_FORMATS``:
+JPEG, PNG, GIF, BMP, WebP, TIFF and PNM) and checked against ``max_pixels`` *before* anything is decoded.
+OpenCV picks its decoder by content, not by name, so data whose size cannot be read first (AVIF, HDR, EXR,
+JPEG 2000, PFM, Sun raster, a header too short or malformed) is refused, whatever the file is called. The
+JPEG scan skips stray bytes between segments the way libjpeg does, so junk before the frame header cannot
+hide the size. Files are read only when they are regular files, and at most ``MAX_FILE_BYTES`` of them.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ from .errors import InvalidImageError, InvalidInputError, positive_int
 
 #: Largest image (width * height) ``load_image`` decodes unless told otherwise.
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Largest image file read (a 50-megapixel 16-bit RGBA PNG stored uncompressed is 400 MB).
+MAX_FILE_BYTES = 512 * 1024 * 1024
 
-_FORMATS_HINT = "JPEG, PNG, BMP, WebP, GIF or TIFF"
+#: Formats ``decode_image`` accepts: those whose width and height it reads before decoding.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP", "TIFF", "PNM")
+_FORMATS_HINT = "JPEG, PNG, BMP, WebP, GIF, TIFF or PNM (PBM/PGM/PPM)"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Start-of-frame markers carry the dimensions; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -65,13 +72,18 @@ def decode_image(data: bytes, *, source: str = "image bytes", max_pixels: int | 
     if not data:
         raise InvalidImageError(f"{source}: is empty (0 bytes). Fix: pass a non-empty {_FORMATS_HINT} file.")
     size = header_size(data)
-    if size is not None:
-        _check_limit(source, size[1], size[2], limit, before_decoding=True)
-        if size[0] == "JPEG" and _jpeg_is_truncated(data):
-            raise InvalidImageError(
-                f"{source}: the JPEG data is truncated (no end-of-image marker after the image data). "
-                "Fix: re-download or re-export the file."
-            )
+    if size is None:
+        raise InvalidImageError(
+            f"{source}: not an accepted image, or its width and height cannot be read from the header before "
+            f"decoding (starts with {data[:8]!r}). Fix: pass a {_FORMATS_HINT} file (convert others first, e.g. "
+            "AVIF, HDR or EXR to PNG)."
+        )
+    _check_limit(source, size[1], size[2], limit, before_decoding=True)
+    if size[0] == "JPEG" and _jpeg_is_truncated(data):
+        raise InvalidImageError(
+            f"{source}: the JPEG data is truncated (no end-of-image marker after the image data). "
+            "Fix: re-download or re-export the file."
+        )
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:  # OpenCV raises for some corrupt inputs and returns None for others
@@ -167,9 +179,9 @@ def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = F
 
 
 def header_size(data: bytes) -> tuple[str, int, int] | None:
-    """``(format, width, height)`` read from the header of PNG, JPEG, GIF, BMP, WebP and PNM data.
+    """``(format, width, height)`` read from the header of PNG, JPEG, GIF, BMP, WebP, TIFF and PNM data.
 
-    Returns None for other formats or headers too short or malformed to read (the decoder then decides).
+    Returns None for other formats or headers too short or malformed to read (``decode_image`` refuses them).
     """
     try:
         if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
@@ -190,12 +202,31 @@ def header_size(data: bytes) -> tuple[str, int, int] | None:
             return "BMP", abs(width), abs(height)  # negative height = top-down rows
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
             return _webp_size(data)
-        if data[:1] == b"P" and data[1:2] in b"123456":
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+        if data[:1] == b"P" and data[1:2] and data[1:2] in b"123456":
             match = _PNM_HEADER.match(data[:1024])
             if match:
                 return "PNM", int(match.group(1)), int(match.group(2))
     except (struct.error, ValueError, IndexError):
         return None
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[str, int, int] | None:
+    """Width and height of the first image (IFD) of a classic TIFF; None when the tags are missing."""
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    found: dict[int, int] = {}
+    for k in range(count):
+        entry = offset + 2 + 12 * k
+        tag, kind, _ = struct.unpack(order + "HHI", data[entry : entry + 8])
+        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
+            fmt = "H" if kind == 3 else "I"
+            (found[tag],) = struct.unpack(order + fmt, data[entry + 8 : entry + 8 + struct.calcsize(fmt)])
+    if 256 in found and 257 in found:
+        return "TIFF", found[256], found[257]
     return None
 
 
@@ -218,8 +249,11 @@ def _jpeg_scan(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
     size = None
     i, n = 2, len(data)
     while i + 4 <= n:
-        if data[i] != 0xFF:
-            return size, None
+        if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips to the next 0xFF, and so do we
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return size, None
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -269,24 +303,15 @@ def _check_max_pixels(max_pixels) -> int:
 
 
 def _read_file(src) -> tuple[Path, bytes]:
+    from .io import read_regular_file
+
     try:
         path = Path(src)
     except TypeError as exc:
         raise InvalidInputError(f"load_image: {src!r} is not a usable path ({exc}).") from exc
     if str(src) == "":
         raise InvalidImageError("load_image: got an empty path. Fix: pass the path of an image file.")
-    if path.is_dir():
-        raise InvalidImageError(f"{path}: is a directory, not an image file. Fix: pass an image file path.")
-    try:
-        return path, path.read_bytes()
-    except FileNotFoundError as exc:
-        raise InvalidImageError(
-            f"{path}: no such file. Fix: check the path (and the working directory)."
-        ) from exc
-    except (OSError, ValueError) as exc:  # permissions, NUL bytes in the path, name too long, ...
-        raise InvalidImageError(
-            f"{path}: cannot be read ({exc}). Fix: check the path and its permissions."
-        ) from exc
+    return path, read_regular_file(path, max_bytes=MAX_FILE_BYTES, error=InvalidImageError, what="image file")
 
 
 def _first_line(exc: BaseException) -> str:

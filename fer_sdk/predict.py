@@ -8,6 +8,7 @@ renders them, :func:`annotate_image` draws boxes and labels.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -140,13 +141,14 @@ def annotate_image(image: np.ndarray, faces) -> np.ndarray:
 
 
 def unique_path(target: Path, taken: set[Path]) -> Path:
-    """``target``, or ``name-2.ext``, ``name-3.ext``... when the name is taken.
+    """``target``, or ``name-2.ext``, ``name-3.ext``... when the name is taken or the file already exists.
 
-    ``taken`` holds resolved paths: this run's earlier outputs and its inputs (see :func:`reserved_paths`),
-    so an annotated copy never overwrites another output or a photo it was made from.
+    ``taken`` holds resolved paths: this run's earlier outputs and its inputs (see :func:`reserved_paths`);
+    a file that exists is never replaced either, so an annotated copy cannot overwrite another output, a photo,
+    or anything else already in the folder.
     """
     candidate, n = target, 1
-    while candidate.resolve() in taken:
+    while candidate.resolve() in taken or os.path.lexists(candidate):
         n += 1
         candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
     taken.add(candidate.resolve())
@@ -281,13 +283,16 @@ def run_predict(
     from .video import frame_step
 
     frame_step(25.0, every, fps)  # validates --every / --fps before any work
+    photos, videos, results = collect_inputs(paths)
+    inputs = [*photos, *videos]
     if output is not None:
-        check_output_file(output, option="--output")
+        check_output_file(output, option="--output", inputs=inputs)
     if summary is not None:
-        check_output_file(summary, option="--summary")
+        check_output_file(summary, option="--summary", inputs=inputs)
+        if output is not None and Path(summary).resolve() == Path(output).resolve():
+            raise InvalidInputError(f"--summary {summary} is also --output; give them different paths")
     if annotate is not None:
         check_output_folder(annotate, option="--annotate")
-    photos, videos, results = collect_inputs(paths)
     if not photos and not videos and not results:
         raise InvalidInputError(
             f"no images or videos found in {', '.join(map(str, paths))} (dot files and folders are skipped); "
@@ -302,7 +307,8 @@ def run_predict(
         )
     clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
                      min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta)
-    taken = reserved_paths(photos, videos)  # annotated copies never overwrite an input
+    # annotated copies never take an input's name, nor the results' or the summary's
+    taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
     if videos:
         from .video import predict_videos
 
@@ -328,7 +334,14 @@ def run_predict(
         for result in predict_photos(clf, photos, keep_images=annotate is not None,
                                      progress=lambda: bar.advance(task)):
             if annotate is not None and result.error is None:
-                write_annotated(result, annotate, taken)
+                try:
+                    write_annotated(result, annotate, taken)
+                except OSError as exc:  # a name too long for this file system is this photo's problem only;
+                    if exc.errno != errno.ENAMETOOLONG:  # a full disk or a permission is the run's: it stops
+                        raise
+                    result.error = (f"{result.source}: the annotated copy's name is too long for the file system "
+                                    f"({exc.strerror}); rename the photo")
+                    result.error_code = FerSdkError.exit_code
                 result.image = None
             results.append(result)
     text = render(results, fmt)

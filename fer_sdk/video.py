@@ -27,7 +27,7 @@ import numpy as np
 
 from .classifier import DETECTION_COLUMNS
 from .constants import EMOTIONS
-from .errors import FerSdkError, InvalidInputError
+from .errors import FerSdkError, InvalidImageError, InvalidInputError
 from .io import atomic_path
 
 FRAMES_PER_CHUNK = 32
@@ -153,13 +153,34 @@ class VideoSummary:
         }
 
 
-def _open(path: Path):
+#: Decoded frames held at once are capped to this many bytes (a chunk of 4K frames is fewer frames).
+CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def _open(path: Path, max_pixels: int | None = None):
     import cv2
 
+    from .images import DEFAULT_MAX_PIXELS
+    from .io import open_regular
+
+    open_regular(path, error=InvalidInputError, what="video file").close()  # no FIFO, device or folder
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise InvalidInputError(f"{path}: OpenCV cannot open this video; check the file or convert it to MP4 (H.264)")
+    width, height = int(cap.get(3) or 0), int(cap.get(4) or 0)  # CAP_PROP_FRAME_WIDTH / HEIGHT
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    if width * height > limit:
+        cap.release()
+        raise InvalidImageError(
+            f"{path}: frames are {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+            f"(refused before decoding). Fix: if you trust this file, pass max_pixels={width * height} (or larger)."
+        )
     return cap
+
+
+def _frames_per_chunk(cap) -> int:
+    frame_bytes = max(1, int(cap.get(3) or 0) * int(cap.get(4) or 0) * 3)
+    return max(1, min(FRAMES_PER_CHUNK, CHUNK_BYTES // frame_bytes))
 
 
 def frame_step(native_fps: float, every: int = 1, fps: float | None = None) -> int:
@@ -190,18 +211,27 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
     """
     smoother = None if smooth is None else Smoother(smooth)
     tracker = FaceTracker()
-    cap = _open(path)
+    from .images import DEFAULT_MAX_PIXELS
+
+    limit = getattr(classifier, "max_pixels", None) or DEFAULT_MAX_PIXELS
+    cap = _open(path, limit)
     try:
         native = native_fps(cap)
         clock = native or ASSUMED_FPS
         step = frame_step(native, every, fps)
+        chunk = _frames_per_chunk(cap)
         index = 0
         while True:
             frames, numbers = [], []
-            while len(frames) < FRAMES_PER_CHUNK:
+            while len(frames) < chunk:
                 ok, frame = cap.read()
                 if not ok:
                     break
+                if frame.shape[0] * frame.shape[1] > limit:
+                    raise InvalidImageError(
+                        f"{path}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, over the pixel limit "
+                        f"although the file states a smaller size. Fix: re-encode the video."
+                    )
                 if index % step == 0:
                     frames.append(frame)
                     numbers.append(index)
@@ -232,7 +262,7 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
                         **{e: round(float(p), 6) for e, p in zip(EMOTIONS, probs)},
                         **dict(zip(DETECTION_COLUMNS, face.detection_values())),
                     }
-            if len(frames) < FRAMES_PER_CHUNK and not ok:
+            if len(frames) < chunk and not ok:
                 return
     finally:
         cap.release()
@@ -248,12 +278,9 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
     ``taken``: resolved paths annotated videos must not take (the inputs, earlier outputs); two videos with
     the same name in different folders get ``clip.annotated.mp4`` and ``clip.annotated-2.mp4``.
     ``summary``: write a JSON list with one :class:`VideoSummary` per processed video there (atomically).
+    When no video could be processed, neither ``output`` nor ``summary`` is written: earlier files stay.
     """
-    import cv2
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .predict import annotate_image, reserved_paths, unique_path
+    from .predict import reserved_paths
 
     failed: list[int] = []
     summaries: list[dict] = []
@@ -262,6 +289,30 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
     json_lines = fmt == "json"
     if taken is None:
         taken = reserved_paths(videos)
+    try:
+        _write_videos(classifier, videos, every=every, fps=fps, json_lines=json_lines, output=output,
+                      annotate=annotate, taken=taken, smooth=smooth, failed=failed, summaries=summaries)
+    except _NothingWritten:
+        pass  # every video failed: an earlier output file stays as it was
+    if summary is not None and summaries:
+        from .io import atomic_write_json
+
+        atomic_write_json(summary, summaries)
+    return failed
+
+
+class _NothingWritten(Exception):
+    """Raised inside the output's atomic write to discard it when no video could be processed."""
+
+
+def _write_videos(classifier, videos, *, every, fps, json_lines, output, annotate, taken, smooth, failed,
+                  summaries) -> None:
+    import cv2
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .predict import annotate_image, unique_path
+
     with ExitStack() as stack:
         if output is not None:
             tmp = stack.enter_context(atomic_path(output))
@@ -277,7 +328,7 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
         ))
         for path in videos:
             try:
-                cap = _open(path)
+                cap = _open(path, getattr(classifier, "max_pixels", None))
                 total = int(cap.get(7) or 0)  # cv2.CAP_PROP_FRAME_COUNT
                 size = (int(cap.get(3)), int(cap.get(4)))
                 native = native_fps(cap) or ASSUMED_FPS
@@ -313,11 +364,8 @@ def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float
             except FerSdkError as exc:
                 failed.append(exc.exit_code)
                 print(f"fer-sdk: error: {exc}", file=sys.stderr)
-    if summary is not None:
-        from .io import atomic_write_json
-
-        atomic_write_json(summary, summaries)
-    return failed
+        if output is not None and not summaries:
+            raise _NothingWritten
 
 
 def make_test_video(path: Path, images: list[np.ndarray], *, frames_per_image: int = 5, fps: float = 10.0,

@@ -165,7 +165,34 @@ def test_header_size_reads_real_headers():
     buf = io.BytesIO()
     pil.fromarray(GRAY).save(buf, "GIF")
     assert header_size(buf.getvalue()) == ("GIF", 53, 37)
-    assert header_size(encode(".tiff", COLOR)) is None
+    assert header_size(encode(".tiff", COLOR)) == ("TIFF", 53, 37)
+    assert header_size(b"\x00\x00\x00\x1cftypavif" + bytes(40)) is None  # AVIF: no size before decoding
+
+
+def test_formats_whose_size_cannot_be_read_first_are_refused_whatever_their_name(tmp_path):
+    hdr = encode(".hdr", np.zeros((20, 30, 3), np.float32))
+    (tmp_path / "photo.jpg").write_bytes(hdr)  # Radiance HDR named .jpg: OpenCV decodes by content
+    with pytest.raises(InvalidImageError, match=r"photo\.jpg: not an accepted image.*JPEG, PNG"):
+        load_image(tmp_path / "photo.jpg")
+
+
+def test_junk_before_the_jpeg_frame_header_cannot_hide_its_size():
+    data = encode(".jpg", COLOR)
+    junked = data[:2] + b"\x00" + data[2:]  # one stray byte before the first marker
+    assert header_size(junked) == ("JPEG", 53, 37)
+    with pytest.raises(InvalidImageError, match="refused before decoding"):
+        load_image(junked, max_pixels=1000)
+
+
+def test_a_tiff_bomb_is_refused_before_decoding():
+    import struct
+
+    # 1-bit 32000x32000 TIFF header (a few hundred bytes claim 1 gigapixel)
+    entries = [(256, 4, 1, 32000), (257, 4, 1, 32000), (258, 3, 1, 1), (259, 3, 1, 4), (262, 3, 1, 0)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
+    data = b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(64)
+    with pytest.raises(InvalidImageError, match="32000x32000.*refused before decoding"):
+        load_image(data)
 
 
 def test_sample_photos():
@@ -221,10 +248,11 @@ def test_max_pixels_per_call_and_module_default(monkeypatch):
         load_image(data)
 
 
-def test_formats_without_header_parser_are_checked_after_decoding():
+def test_tiff_is_checked_before_decoding():
     data = encode(".tiff", np.zeros((100, 100, 3), np.uint8))
-    with pytest.raises(InvalidImageError, match="after decoding"):
+    with pytest.raises(InvalidImageError, match="before decoding"):
         load_image(data, max_pixels=5_000)
+    assert load_image(data).shape == (100, 100, 3)
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])
@@ -262,7 +290,7 @@ def test_truncated_png():
 def test_text_named_jpg(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("this is not an image, just some text\n")
-    with pytest.raises(InvalidImageError, match=r"notes\.jpg: cannot be decoded.*Fix"):
+    with pytest.raises(InvalidImageError, match=r"notes\.jpg: not an accepted image.*Fix"):
         load_image(path)
 
 
@@ -272,9 +300,9 @@ def test_random_bytes():
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(InvalidImageError, match=r"missing\.png: no such file.*Fix"):
+    with pytest.raises(InvalidImageError, match=r"missing\.png: no such image file.*Fix"):
         load_image(tmp_path / "missing.png")
-    with pytest.raises(InvalidImageError, match="is a directory"):
+    with pytest.raises(InvalidImageError, match="is a folder"):
         load_image(tmp_path)
     with pytest.raises(InvalidImageError, match="empty path"):
         load_image("")
