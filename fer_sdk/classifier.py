@@ -2,7 +2,8 @@
 
 Everything the runtime needs to know about a model (labels, input size, normalisation) is read from the
 ONNX file's ``fer_sdk`` metadata. One ``Classifier`` may be shared by many threads: ONNX Runtime's
-``session.run`` is thread-safe, the object holds no mutable state, and the OpenCV detectors keep one instance per thread.
+``session.run`` is thread-safe, its only mutable state is the ``analyze_many`` thread pool (made and ended
+under a lock), and the OpenCV detectors keep one instance per thread.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from . import registry
 from .constants import EMOTIONS
 from .detect import HaarDetector, detect_faces_batch, get_detector
-from .detection import Detection
+from .detection import LANDMARKS, Detection
 from .errors import InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
 from .images import load_image
@@ -35,15 +36,13 @@ from .runtime import (
     session_source,
     usable_cores,
 )
-from .yunet import LANDMARKS, YuNetDetector
+from .yunet import YuNetDetector
 
 _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
 
 
 #: Box margin for detectors the SDK knows no framing for (custom objects and callables).
 CUSTOM_DETECTOR_MARGIN = 0.1
-#: Flat columns (CSV, video rows) for what the detector said: its score, then x and y of each landmark.
-DETECTION_COLUMNS = ("detection_score", *(f"{p}_{c}" for p in LANDMARKS for c in ("x", "y")))
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Face:
         }
 
     def detection_values(self, digits: int = 2) -> list[float | None]:
-        """Values for ``DETECTION_COLUMNS``: score (6 decimals), landmarks (``digits``); ``None`` where absent."""
+        """Values for ``fer_sdk.detection.DETECTION_COLUMNS``: score (6 decimals), landmarks (``digits``); ``None`` where absent."""
         score = None if self.detection_score is None else round(float(self.detection_score), 6)
         if self.landmarks is None:
             return [score, *([None] * (2 * len(LANDMARKS)))]
@@ -336,6 +335,24 @@ class Classifier:
         found = detect_faces_batch(self._detector, images)
         return [(dets, [self.crop(img, d) for d in dets]) for img, dets in zip(images, found)]
 
+    def _load_and_detect(self, images: list[Any]) -> list[tuple[list[Detection], list[np.ndarray]]]:
+        return self._detect_group([load_image(img, max_pixels=self._max_pixels) for img in images])
+
+    def _run_shares(self, shares: list[list[Any]]) -> list[list[tuple[list[Detection], list[np.ndarray]]]]:
+        """``_load_and_detect`` of each share on the Classifier's pool (made on first use with a thread per
+        usable core; a call asking for more threads gets a pool of its own). Work is handed over under the lock,
+        so ``close()`` from another thread waits for it instead of cutting it off."""
+        if len(shares) > max(usable_cores(), self._workers or 1):
+            with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="fer_sdk-detect") as own:
+                return list(own.map(self._load_and_detect, shares))
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=max(usable_cores(), self._workers or 1), thread_name_prefix="fer_sdk-detect"
+                )
+            futures = [self._pool.submit(self._load_and_detect, share) for share in shares]
+        return [f.result() for f in futures]
+
     def _faces(self, detections: list[Detection], probs: np.ndarray) -> list[Face]:
         faces = []
         for det, row in zip(detections, probs):
@@ -360,20 +377,13 @@ class Classifier:
             return []
         return self._faces(detections, self.predict_proba(crops))
 
-    def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None or self._pool._max_workers < workers:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_sdk-detect")
-            return self._pool
-
     def close(self) -> None:
-        """End the ``analyze_many`` thread pool (it is also ended when the Classifier is garbage-collected)."""
+        """End the ``analyze_many`` thread pool, after the work already handed to it (a later ``analyze_many``
+        starts a new one; the pool also ends when the Classifier is garbage-collected)."""
         with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def __enter__(self) -> Classifier:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self
@@ -404,15 +414,11 @@ class Classifier:
             return []
         workers = min(workers, len(images))
         if workers == 1:
-            loaded = [load_image(img, max_pixels=self._max_pixels) for img in images]
-            detected = self._detect_group(loaded)
+            detected = self._load_and_detect(images)
         else:
-            pool = self._thread_pool(workers)
-            loaded = list(pool.map(lambda img: load_image(img, max_pixels=self._max_pixels), images))
-            shares = [loaded[i::workers] for i in range(workers)]
-            done = list(pool.map(self._detect_group, shares))
-            detected = [None] * len(loaded)  # type: ignore[list-item]
-            for i, share in enumerate(done):
+            shares = [images[i::workers] for i in range(workers)]
+            detected = [None] * len(images)  # type: ignore[list-item]
+            for i, share in enumerate(self._run_shares(shares)):
                 detected[i::workers] = share
         crops = [crop for _, photo_crops in detected for crop in photo_crops]
         probs = self.predict_proba(crops) if crops else np.zeros((0, len(EMOTIONS)), np.float32)

@@ -149,7 +149,7 @@ def predict(
     ] = None,
     summary: Annotated[
         Path | None, typer.Option(help="Videos: write a JSON summary (faces seen, dominant emotion per track, share "
-                                  "of time per emotion) to this file.")
+                                  "of face rows per emotion) to this file.")
     ] = None,
     ray: Annotated[
         str | None, typer.Option(

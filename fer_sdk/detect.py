@@ -253,8 +253,10 @@ def get_detector(spec=None, *, min_score: float | None = None, min_face: int | N
                 "min_score: the Haar cascade gives no scores; drop min_score (--min-score) or use detector='yunet'."
             )
         if "min_face" in options:
-            size = positive_int("min_face", options["min_face"], "30", owner="HaarDetector")
-            return HaarDetector(min_size=(size, size))
+            size = options["min_face"]
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+                raise InvalidInputError(f"HaarDetector: min_face={size!r} must be an int >= 0 pixels (e.g. 30).")
+            return HaarDetector(min_size=(max(1, int(size)), max(1, int(size))))
         return HaarDetector()
     if isinstance(spec, (str, os.PathLike)):
         if os.fspath(spec).lower().endswith(".onnx"):

@@ -15,6 +15,10 @@ from .errors import InvalidInputError
 
 Box = tuple[int, int, int, int]
 Point = tuple[float, float]
+#: Landmark order of YuNet and of ``Detection.landmarks`` ("right" is the person's right).
+LANDMARKS = ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
+#: Flat columns (CSV, video rows) for what the detector said: its score, then x and y of each landmark.
+DETECTION_COLUMNS = ("detection_score", *(f"{p}_{c}" for p in LANDMARKS for c in ("x", "y")))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import DETECTION_COLUMNS
 from .constants import EMOTIONS
+from .detection import DETECTION_COLUMNS
 from .errors import FerSdkError, InvalidInputError
 from .io import atomic_path, atomic_write_text, check_output_file, check_output_folder
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import DETECTION_COLUMNS
 from .constants import EMOTIONS
+from .detection import DETECTION_COLUMNS
 from .errors import FerSdkError, InvalidImageError, InvalidInputError
 from .io import atomic_path
 
@@ -111,7 +111,7 @@ class Smoother:
     def update(self, track: int, t: float, probs: np.ndarray) -> np.ndarray:
         history = self._history.setdefault(track, deque())
         history.append((t, probs))
-        while history and history[0][0] <= t - self.seconds:
+        while history and history[0][0] <= t - self.seconds + 1e-9:  # window (t - seconds, t], float-safe
             history.popleft()
         return np.mean([p for _, p in history], axis=0)
 

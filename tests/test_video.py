@@ -153,3 +153,22 @@ def test_cli_writes_a_video_summary(tmp_path, clip):
     assert summary["video"] == str(clip) and summary["frames_sampled"] == 12 and summary["faces_seen"] >= 3
     rows = list(csv.DictReader(io.StringIO((tmp_path / "rows.csv").read_text())))
     assert {r["track"] for r in rows} == {str(t["track"]) for t in summary["tracks"]}
+
+
+def test_tracker_follows_moving_and_reordered_faces():
+    from fer_sdk.classifier import Face
+    from fer_sdk.video import FaceTracker
+
+    def face(x, y, size=60):
+        eyes = ((x + 0.3 * size, y + 0.4 * size), (x + 0.7 * size, y + 0.4 * size))
+        marks = (*eyes, (x + 0.5 * size, y + 0.6 * size), (x + 0.35 * size, y + 0.8 * size), (x + 0.65 * size, y + 0.8 * size))
+        return Face((x, y, size, size), {}, "happy", 1.0, landmarks=marks)
+
+    tracker = FaceTracker()
+    assert tracker.update(0.0, [face(100, 100), face(400, 100)]) == [0, 1]
+    assert tracker.update(0.04, [face(390, 105), face(110, 103)]) == [1, 0]  # order swapped: ids follow the faces
+    # a fast zoom (60 -> 130 px about the same centre): box IoU 0.21, under TRACK_MIN_IOU, but the landmarks
+    # moved by a quarter of the face: the landmark rule keeps the track
+    assert tracker.update(0.08, [face(75, 68, 130), face(390, 105)]) == [0, 1]
+    assert tracker.update(0.12, [face(75, 68, 130), face(390, 105), face(250, 400)]) == [0, 1, 2]  # someone new
+    assert tracker.update(0.16, [face(800, 600)]) == [3]  # far from every track: a new one

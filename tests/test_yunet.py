@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from fer_sdk import detect
-from fer_sdk.classifier import DETECTION_COLUMNS, Classifier, Face
+from fer_sdk.classifier import Classifier, Face
 from fer_sdk.detect import HaarDetector, bundled_yunet, get_detector
-from fer_sdk.detection import Detection
+from fer_sdk.detection import DETECTION_COLUMNS, Detection
 from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.framing import FER2013, Framing, aligned_crop, frame_box, similarity
 from fer_sdk.images import load_image
@@ -112,6 +112,10 @@ def test_a_users_fixed_size_yunet_file_works_through_the_registry():
     assert isinstance(own, YuNetDetector) and own._fixed == (640, 640)
     assert len(own.detect_faces(image)) == 2
     assert len(own.detect_faces(cv2.resize(image, (1334, 720)))) == 2  # letterboxed into 640x640
+    # its batch dimension is fixed at 1: several photos go one call each
+    assert [len(r) for r in own.detect_faces_batch([image, image, image])] == [2, 2, 2]
+    faces = Classifier("deep-int8", detector=own).analyze_many([image] * 3, workers=1)
+    assert [len(f) for f in faces] == [2, 2, 2]
 
 
 def test_many_faces_rotated_faces_and_tight_crops(yunet):
@@ -223,6 +227,16 @@ def test_detector_survives_pickling(yunet):
     image = load_image(SAMPLES / "two_faces.jpg")
     assert [d.box for d in copy.detect_faces(image)] == [d.box for d in yunet.detect_faces(image)]
     assert copy.sha256 == yunet.sha256
+    tuned = pickle.loads(pickle.dumps(bundled_yunet(min_score=0.9, min_face=70, max_side=320, threads=2)))
+    assert (tuned.min_score, tuned.min_face, tuned.max_side, tuned.threads) == (0.9, 70, 320, 2)
+    assert len(tuned.detect_faces(image)) == 1  # the smaller face is under 70 px
+
+
+def test_a_corrupt_yunet_file_is_named_in_the_error(tmp_path):
+    path = tmp_path / "mine.onnx"
+    path.write_bytes(b"not an onnx model at all")
+    with pytest.raises(ModelError, match=r"mine\.onnx is not a loadable ONNX model.*face_detection_yunet"):
+        YuNetDetector(path)
 
 
 def test_classifier_faces_carry_landmarks_and_scores():
