@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .detection import Box, Detection, normalize_boxes
-from .errors import DependencyError, InvalidInputError, ModelError, positive_int
+from .errors import DependencyError, InvalidInputError, ModelError
 from .images import as_image
 from .yunet import YuNetDetector
 
