@@ -25,7 +25,7 @@ from .detect import HaarDetector, detect_faces_batch, get_detector
 from .detection import LANDMARKS, Detection
 from .errors import InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
-from .images import load_image
+from .images import load_image, plain_array
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
 from .registry import ModelSpec
 from .runtime import (
@@ -145,9 +145,11 @@ class Classifier:
         if session is None:
             if model is None:
                 model = registry.default_model_name()
-            self._model_path, self._spec = registry.resolve_model(model)
+            self._model_path, self._spec = registry.resolve_model(model, verify=False)
             self._name = self._spec.name if self._spec else self._model_path.name
-            self._session = create_session(self._model_path, providers, self._threads)
+            # a bundled model runs from the very bytes whose sha256 was checked
+            source_data = registry.read_verified(self._spec) if self._spec else self._model_path
+            self._session = create_session(source_data, providers, self._threads)
             source = str(self._model_path)
         else:
             if providers is not None or threads is not None:
@@ -242,17 +244,38 @@ class Classifier:
         )
 
     # ------------------------------------------------------------------ face crops
-    def _to_batch(self, faces: Any) -> np.ndarray:
+    def _chunks(self, faces: Any):
+        """The model's float32 batches for ``faces``, at most ``batch_size`` faces each, converted one at a time
+        (so memory is the input plus a few batches, whatever the input's size)."""
         if isinstance(faces, _SOURCE_TYPES):  # one image file / encoded buffer holding one face crop
             faces = [faces]
-        if isinstance(faces, (list, tuple)):
-            if len(faces) == 0:
-                return np.zeros((0, *self._input_shape()), np.float32)
-            faces = [
-                load_image(f, max_pixels=self._max_pixels) if isinstance(f, _SOURCE_TYPES) else f
-                for f in faces
-            ]
-        return prepare_faces(faces, self._prep)
+        if isinstance(faces, np.ndarray):
+            faces = plain_array(faces, what="faces")
+            if _is_batch(faces):
+                for start in range(0, len(faces), self._batch_size):
+                    yield prepare_faces(faces[start : start + self._batch_size], self._prep)
+                return
+            yield prepare_faces(faces, self._prep)
+            return
+        if not isinstance(faces, (list, tuple)):
+            yield prepare_faces(faces, self._prep)  # raises the accepted-inputs message
+            return
+        pending: list[Any] = []
+        for item in faces:
+            if isinstance(item, _SOURCE_TYPES):
+                item = load_image(item, max_pixels=self._max_pixels)
+            if isinstance(item, np.ndarray) and _is_batch(plain_array(item, what="faces[i]")):
+                if pending:
+                    yield prepare_faces(pending, self._prep)
+                    pending = []
+                yield from self._chunks(item)
+                continue
+            pending.append(item)
+            if len(pending) == self._batch_size:
+                yield prepare_faces(pending, self._prep)
+                pending = []
+        if pending:
+            yield prepare_faces(pending, self._prep)
 
     def _input_shape(self) -> tuple[int, int, int]:
         spec = self._metadata["input"]
@@ -269,6 +292,7 @@ class Classifier:
                     f"{self._name} returned shape {probs.shape} for {len(chunk)} faces, expected "
                     f"({len(chunk)}, {len(EMOTIONS)}); re-export the model"
                 )
+            _check_probabilities(probs, self._name)
             out[start : start + len(chunk)] = probs
         return out
 
@@ -288,8 +312,13 @@ class Classifier:
 
         ``faces``: one face (H, W) gray or (H, W, 3) BGR of any size, a batch (N, H, W) / (N, H, W, 1) /
         (N, H, W, 3), uint8 or float, a list of such arrays, or a list of image paths / encoded bytes.
+        Faces are converted batch by batch, so a large input costs little more memory than itself.
         """
-        return self._probabilities(self._to_batch(faces))
+        parts = [self._probabilities(batch) for batch in self._chunks(faces)]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def predict(self, faces: Any) -> list[str]:
         """Top emotion name per face (see ``predict_proba`` for accepted inputs)."""
@@ -427,6 +456,23 @@ class Classifier:
             results.append(self._faces(detections, probs[start : start + len(detections)]))
             start += len(detections)
         return results
+
+
+def _check_probabilities(probs: np.ndarray, name: str) -> None:
+    """A model's rows must be probabilities: finite, >= 0, summing to 1 (1e-3: INT8 heads drift by ~1e-7)."""
+    if not np.isfinite(probs).all():
+        raise ModelError(f"{name} returned NaN or infinite probabilities; the model file is broken: re-export it")
+    sums = probs.sum(axis=1)
+    if probs.size and (probs.min() < -1e-6 or np.abs(sums - 1).max() > 1e-3):
+        raise ModelError(
+            f"{name} returned rows that are not probabilities (min {probs.min():.3g}, row sums "
+            f"{sums.min():.4g}..{sums.max():.4g}); its output must be a softmax: re-export it with fer-sdk export"
+        )
+
+
+def _is_batch(array: np.ndarray) -> bool:
+    """A batch (N, H, W) of gray faces or (N, H, W, C), as ``prepare_faces`` reads shapes."""
+    return array.ndim == 4 or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))
 
 
 def _session_path(session: Any) -> Path | None:

@@ -435,6 +435,11 @@ def _require_train_extra() -> None:
 
 
 def main() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # non-UTF-8 file names print as their bytes, not as a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     app()
 
 

@@ -104,6 +104,21 @@ def decode_image(data: bytes, *, source: str = "image bytes", max_pixels: int | 
     return as_image(image, what=source, decoded=True)
 
 
+def plain_array(array: np.ndarray, *, what: str = "array") -> np.ndarray:
+    """``array`` as a base ``numpy.ndarray``: a ``np.matrix`` becomes its 2-D array, a masked array its data
+    (refused when any pixel is masked: there is no right value for it), other subclasses their base array."""
+    if isinstance(array, np.ma.MaskedArray):
+        if np.ma.is_masked(array):
+            raise InvalidInputError(
+                f"{what}: a masked array with {int(np.ma.count_masked(array))} masked pixels; a masked pixel has no "
+                "value to classify. Fix: fill them first, e.g. a.filled(0), or pass a plain array."
+            )
+        return np.asarray(np.ma.getdata(array))
+    if type(array) is not np.ndarray:
+        return np.asarray(array)
+    return array
+
+
 def as_image(array: np.ndarray, *, what: str = "array", decoded: bool = False) -> np.ndarray:
     """Validate an image array and return it as uint8 gray ``(H, W)`` or BGR ``(H, W, 3)``.
 
@@ -112,6 +127,7 @@ def as_image(array: np.ndarray, *, what: str = "array", decoded: bool = False) -
     """
     if not isinstance(array, np.ndarray):
         raise InvalidInputError(f"{what}: expected a numpy array, got {type(array).__name__}.")
+    array = plain_array(array, what=what)
     shape = array.shape
     if array.ndim == 3 and shape[2] == 1:
         array = array[:, :, 0]

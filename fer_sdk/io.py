@@ -118,7 +118,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; file names that are not UTF-8 (held by Python as surrogate escapes) are written as their bytes."""
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:

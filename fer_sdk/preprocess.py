@@ -17,7 +17,7 @@ import numpy as np
 
 from .constants import INPUT_SIZE
 from .errors import InvalidInputError, ModelError
-from .images import load_image, pixel_values
+from .images import load_image, pixel_values, plain_array
 
 #: ``resize`` names -> (interpolation when shrinking, interpolation when enlarging).
 RESIZE_METHODS: dict[str, tuple[int, int]] = {
@@ -45,6 +45,8 @@ def _check_field(key: str, value):
             raise ValueError(f"{key} must be a finite number, got {value!r}")
         if key == "scale" and value == 0:
             raise ValueError("scale must not be 0")
+        if abs(value) > _MAX_AFFINE:  # pixel * scale + offset must stay a sane float32 for 0..255
+            raise ValueError(f"{key} must lie in [-{_MAX_AFFINE:g}, {_MAX_AFFINE:g}], got {value!r}")
         return float(value)
     if key == "color":
         if value not in COLORS:
@@ -58,6 +60,7 @@ def _check_field(key: str, value):
 
 
 _FIELDS = ("height", "width", "scale", "offset", "color", "resize")
+_MAX_AFFINE = 1000.0
 # Keys of the metadata `input` object that must hold these values when present (the SDK supports no other).
 _FIXED = {"channels": 1, "layout": "NHWC", "dtype": "float32"}
 
@@ -223,7 +226,7 @@ def _items(faces):
     for index, item in enumerate(faces):
         what = "faces" if single else f"faces[{index}]"
         if isinstance(item, np.ndarray):
-            yield item, what
+            yield plain_array(item, what=what), what
         elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
             yield load_image(item), what
         else:

@@ -201,6 +201,25 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
         )
 
 
+def read_verified(spec: ModelSpec) -> bytes:
+    """The bytes of a bundled model, checked against its manifest sha256: load these very bytes, so a file
+    swapped after the check cannot be the one that runs."""
+    path = spec.path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"bundled model file {path} is missing; {_REINSTALL}") from None
+    except OSError as err:
+        raise ModelError(f"bundled model {path} cannot be read ({err}); {_REINSTALL}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != spec.sha256.lower():
+        raise ModelError(
+            f"sha256 mismatch for {path}: expected {spec.sha256.lower()}, got {actual}; the file is corrupt or "
+            f"was modified, {_REINSTALL}"
+        )
+    return data
+
+
 def _is_name(model: object) -> bool:
     if not isinstance(model, str) or not model:
         return False

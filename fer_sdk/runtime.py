@@ -27,6 +27,7 @@ PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT,
 
 _INSTALL_HINT = 'pip install "fer-sdk[cpu]" (or "fer-sdk[gpu]" for CUDA)'
 _EXPORT_HINT = "export it with `fer-sdk export` or pass a model this project exported"
+_MAX_METADATA_CHARS = 1_000_000  # this project's models carry a few kB
 
 
 def import_onnxruntime():
@@ -34,6 +35,11 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as err:
+        cause: BaseException | None = err
+        while cause is not None:  # Ctrl-C mid-import surfaces as an ImportError: it is still Ctrl-C
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from err
+            cause = cause.__cause__ or cause.__context__
         raise DependencyError(f"ONNX Runtime is not installed: {_INSTALL_HINT}") from err
     return onnxruntime
 
@@ -182,10 +188,12 @@ def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict
     raw = props.get(METADATA_KEY)
     if raw is None:
         raise ModelError(f"{name} has no fer-sdk metadata; {_EXPORT_HINT}")
+    if len(raw) > _MAX_METADATA_CHARS:
+        raise ModelError(f"{name}: fer-sdk metadata is {len(raw):,} characters, over {_MAX_METADATA_CHARS:,}; {_EXPORT_HINT}")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{name} has unreadable fer-sdk metadata ({err}); {_EXPORT_HINT}") from err
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nesting thousands deep
+        raise ModelError(f"{name} has unreadable fer-sdk metadata ({type(err).__name__}); {_EXPORT_HINT}") from None
     if not isinstance(meta, dict):
         raise ModelError(f"{name}: fer-sdk metadata is {type(meta).__name__}, not an object; {_EXPORT_HINT}")
     fmt = meta.get("format")
@@ -209,7 +217,7 @@ def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict
         raise ModelError(f"{name}: fer-sdk metadata lacks its 'input'/'output' sections; {_EXPORT_HINT}")
     try:
         _check_io(session, meta, name)
-    except (TypeError, ValueError, AttributeError) as exc:  # e.g. "height": "x" or a list where a name goes
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # "height": "x", Infinity, a list...
         raise ModelError(f"{name}: malformed fer-sdk metadata ({exc}); {_EXPORT_HINT}") from None
     return meta
 

@@ -316,7 +316,7 @@ def _write_videos(classifier, videos, *, every, fps, json_lines, output, annotat
     with ExitStack() as stack:
         if output is not None:
             tmp = stack.enter_context(atomic_path(output))
-            sink = stack.enter_context(open(tmp, "w", newline=""))
+            sink = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape"))
         else:
             sink = sys.stdout
         writer = None if json_lines else csv.DictWriter(sink, fieldnames=ROW_FIELDS, lineterminator="\n")

@@ -351,3 +351,31 @@ def test_face_is_a_plain_value():
     assert face == Face(
         box=(1, 2, 3, 4), emotions=dict.fromkeys(EMOTIONS, 1 / 7), emotion="angry", score=1 / 7
     )
+
+
+def test_predict_proba_converts_batch_by_batch_so_memory_follows_the_batch(tiny_models):
+    import tracemalloc
+
+    clf = Classifier(tiny_models.fp32, batch_size=64)
+    faces = np.random.default_rng(0).integers(0, 256, (20_000, 48, 48), dtype=np.uint8)  # 46 MB of uint8
+    expected = np.concatenate([clf.predict_proba(faces[i : i + 64]) for i in range(0, 256, 64)])
+    tracemalloc.start()
+    probs = clf.predict_proba(faces)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert probs.shape == (20_000, 7)
+    np.testing.assert_allclose(probs[:256], expected, atol=1e-6)
+    # a whole-input float32 copy alone would be 184 MB; per batch it is 0.6 MB
+    assert peak < 24 * 1024 * 1024, peak
+    mixed = clf.predict_proba([faces[:3], faces[3], faces[4:70]])
+    np.testing.assert_allclose(mixed, probs[:70], atol=1e-6)
+
+
+def test_masked_arrays_and_matrices_are_read_as_plain_arrays(tiny_models):
+    clf = Classifier(tiny_models.fp32)
+    face = np.random.default_rng(1).integers(0, 256, (48, 48), dtype=np.uint8)
+    want = clf.predict_proba(face)
+    np.testing.assert_allclose(clf.predict_proba(np.ma.masked_array(face, mask=False)), want, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(np.asmatrix(face)), want, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="masked pixels.*filled"):
+        clf.predict_proba(np.ma.masked_array(face, mask=face > 250))

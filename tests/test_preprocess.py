@@ -186,7 +186,7 @@ def test_custom_preprocessing():
     ("bad", "match"),
     [
         (None, "NoneType"),
-        ("no/such/face.jpg", "no such file"),
+        ("no/such/face.jpg", "no such image file"),
         (np.full((48, 48), np.nan, np.float32), r"float32 with shape \(48, 48\).*NaN"),
         (np.full((48, 48), np.inf), "NaN or infinity"),
         (np.zeros((48, 48), np.complex128), "complex128"),
