@@ -54,11 +54,17 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     missing: list[PhotoResult] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        try:
+            is_dir, exists = path.is_dir(), os.path.lexists(path)
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte...
+            missing.append(PhotoResult(str(path), error=f"{path}: cannot be used ({exc}); check the path",
+                                       error_code=InvalidInputError.exit_code))
+            continue
+        if is_dir:
             files = _visible_files(path)
             photos.extend(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
             videos.extend(p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS)
-        elif path.is_file():
+        elif exists:  # regular or not: the readers refuse FIFOs and devices with the input's own error
             (videos if path.suffix.lower() in VIDEO_EXTENSIONS else photos).append(path)
         else:
             missing.append(PhotoResult(str(path), error=f"{path}: no such file or folder; check the path",
