@@ -144,6 +144,10 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each face with its mirror image.")] = False,
     every: Annotated[int, typer.Option(min=1, help="Videos: classify every N-th frame.")] = 1,
     fps: Annotated[float | None, typer.Option(help="Videos: sample this many frames per second.")] = None,
+    max_pixels: Annotated[
+        int | None, typer.Option(min=1, help="Refuse photos and video frames larger than this many pixels (default "
+                                 "50,000,000: a guard against decompression bombs).")
+    ] = None,
     smooth: Annotated[
         float | None, typer.Option(help="Videos: average each tracked face's probabilities over the last SECONDS.")
     ] = None,
@@ -192,6 +196,7 @@ def predict(
             output=output,
             smooth=smooth,
             summary=summary,
+            max_pixels=max_pixels,
         )
     if outcome.all_failed:
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")

@@ -308,7 +308,7 @@ def _check_limit(source: str, width: int, height: int, limit: int, *, before_dec
         when = "refused before decoding" if before_decoding else "refused after decoding"
         raise InvalidImageError(
             f"{source}: image is {width}x{height} = {pixels:,} pixels, over the limit of {limit:,} "
-            f"({when}). Fix: if you trust this file, pass max_pixels={pixels} (or larger)."
+            f"({when}). Fix: if you trust this file, pass max_pixels={pixels} (CLI: --max-pixels {pixels}) or larger."
         )
 
 

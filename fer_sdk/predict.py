@@ -271,6 +271,7 @@ def run_predict(
     output: Path | None = None,
     smooth: float | None = None,
     summary: Path | None = None,
+    max_pixels: int | None = None,
 ) -> RunOutcome:
     """Run the CLI's predict; returns how many inputs it processed and how many failed."""
     from .classifier import Classifier
@@ -312,7 +313,8 @@ def run_predict(
             "photo vs one row per video frame face): run photos and videos separately"
         )
     clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
-                     min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta)
+                     min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta,
+                     max_pixels=max_pixels)
     # annotated copies never take an input's name, nor the results' or the summary's
     taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
     if videos:

@@ -173,7 +173,8 @@ def _open(path: Path, max_pixels: int | None = None):
         cap.release()
         raise InvalidImageError(
             f"{path}: frames are {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
-            f"(refused before decoding). Fix: if you trust this file, pass max_pixels={width * height} (or larger)."
+            f"(refused before decoding). Fix: if you trust this file, pass max_pixels={width * height} "
+            f"(CLI: --max-pixels {width * height}) or larger."
         )
     return cap
 

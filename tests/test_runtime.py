@@ -243,3 +243,25 @@ def test_unparseable_metadata(make_onnx, tmp_path):
     next(p for p in model.metadata_props if p.key == "fer_sdk").value = "{broken"
     with pytest.raises(ModelError, match="unreadable fer-sdk metadata"):
         runtime.read_metadata(runtime.create_session(model.SerializeToString()), "x.onnx")
+
+
+def test_ctrl_c_during_the_onnxruntime_import_stays_ctrl_c(monkeypatch):
+    import builtins
+    import sys
+
+    from fer_sdk.runtime import import_onnxruntime
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "onnxruntime":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError("partially initialized module 'onnxruntime'") from None
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_onnxruntime()
