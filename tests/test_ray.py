@@ -140,7 +140,7 @@ def test_predictor_batch_without_ray(photos, expected):
     assert out["id"].tolist() == list(range(6))
     rows = [dict(zip(out, values)) for values in zip(*out.values())]
     assert_rows_match(rows, {p: expected[p] for p in paths[:5]}, [paths[5]])
-    assert "cannot be decoded" in rows[5]["error"]
+    assert "not an accepted image" in rows[5]["error"]
     with pytest.raises(InvalidInputError, match="needs a 'bytes' or 'path' column"):
         pred({"id": np.arange(2)})
 
