@@ -26,6 +26,10 @@ from .registry import ModelSpec, list_models
 
 if TYPE_CHECKING:
     from .classifier import Classifier, Face
+    from .detect import HaarDetector, get_detector
+    from .detection import Detection
+    from .images import load_image
+    from .yunet import YuNetDetector
 
 try:
     from importlib.metadata import PackageNotFoundError, version
@@ -39,17 +43,30 @@ __all__ = [
     "Classifier",
     "DatasetError",
     "DependencyError",
+    "Detection",
     "Face",
     "FerSdkError",
+    "HaarDetector",
     "InvalidImageError",
     "InvalidInputError",
     "ModelError",
     "ModelSpec",
+    "YuNetDetector",
     "__version__",
+    "get_detector",
     "list_models",
+    "load_image",
 ]
 
-_LAZY = {"Classifier": "classifier", "Face": "classifier"}
+_LAZY = {
+    "Classifier": "classifier",
+    "Face": "classifier",
+    "Detection": "detection",
+    "HaarDetector": "detect",
+    "YuNetDetector": "yunet",
+    "get_detector": "detect",
+    "load_image": "images",
+}
 
 
 def __getattr__(name: str):

@@ -202,8 +202,8 @@ def predict(
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")
         raise typer.Exit(outcome.error_code)
     if outcome.failed:
-        _err(f"{outcome.failed} input(s) could not be processed (each error is in the output or above); "
-             "the others were")
+        done = f"the other {outcome.total - outcome.failed} were processed" if outcome.total else "the others were processed"
+        _err(f"{outcome.failed} input(s) could not be processed (each error is in the output or above); {done}")
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 

@@ -1,4 +1,9 @@
-"""Classification metrics for FER2013 evaluations (scikit-learn underneath, nothing hand-rolled)."""
+"""Classification metrics for FER2013 evaluations, in numpy (no scikit-learn at run time).
+
+The definitions are scikit-learn's with ``labels=range(7)`` and ``zero_division=0`` (the tests check them
+against it): a prediction outside the labels (e.g. -1 for "no face found") is wrong for accuracy and a false
+negative for its true class, and is left out of the confusion matrix.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,36 @@ import numpy as np
 from .constants import EMOTIONS
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(num), np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
 def classification_report(y_true, y_pred, labels: tuple[str, ...] = EMOTIONS) -> dict:
     """Accuracy, macro-F1, per-class precision / recall / F1 / support and the confusion matrix.
 
     ``y_true`` and ``y_pred`` are integer class indices. The confusion matrix is ``[true][predicted]``.
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    idx = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=idx, zero_division=0
-    )
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} entries, y_pred {y_pred.size}")
+    k = len(labels)
+    true_in = (y_true >= 0) & (y_true < k)
+    pred_in = (y_pred >= 0) & (y_pred < k)
+    support = np.bincount(y_true[true_in], minlength=k)
+    predicted = np.bincount(y_pred[pred_in], minlength=k)
+    hits = np.bincount(y_true[true_in & (y_true == y_pred)], minlength=k)
+    precision, recall = _ratio(hits, predicted), _ratio(hits, support)
+    f1 = _ratio(2 * hits, predicted + support)
+    both = true_in & pred_in
+    matrix = np.zeros((k, k), np.int64)
+    np.add.at(matrix, (y_true[both], y_pred[both]), 1)
     return {
         "n": len(y_true),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)),
+        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        "macro_f1": float(f1.mean()),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -33,6 +51,6 @@ def classification_report(y_true, y_pred, labels: tuple[str, ...] = EMOTIONS) ->
             }
             for i, name in enumerate(labels)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+        "confusion_matrix": matrix.tolist(),
         "labels": list(labels),
     }

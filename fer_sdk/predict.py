@@ -24,7 +24,9 @@ from .detection import DETECTION_COLUMNS
 from .errors import FerSdkError, InvalidInputError
 from .io import atomic_path, atomic_write_text, check_output_file, check_output_folder
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
+#: What folder walks pick up: the extensions of the formats ``images.decode_image`` accepts.
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pbm", ".pgm",
+                    ".ppm", ".pnm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 PHOTOS_PER_CHUNK = 32
 

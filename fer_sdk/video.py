@@ -190,10 +190,14 @@ def frame_step(native_fps: float, every: int = 1, fps: float | None = None) -> i
         raise InvalidInputError(f"every={every!r} must be >= 1 (e.g. every=5)")
     if fps is None:
         return every
+    if every != 1:
+        raise InvalidInputError(
+            f"every={every} and fps={fps} both set how often frames are sampled; give one of them (--every or --fps)"
+        )
     if not fps > 0:
         raise InvalidInputError(f"fps={fps!r} must be > 0 (e.g. fps=2)")
     if native_fps <= 0:
-        return every
+        return 1
     return max(1, round(native_fps / fps))
 
 

@@ -191,6 +191,7 @@ def test_predict_mixed_folder_processes_good_and_reports_bad(tiny, samples_dir, 
         assert photos[name]["faces"] == [] and name in photos[name]["error"]
         assert "Fix" in photos[name]["error"]
     assert_one_line_error(result, f"{len(BAD_FILES)} input(s) could not be processed")
+    assert f"the other {len(SAMPLES)} were processed" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(SAMPLES)
     for name in SAMPLES:
         annotated = cv2.imread(str(out / name))

@@ -60,6 +60,9 @@ def test_sampling_every_and_fps(clip, clf):
         frame_step(10.0, every=0)
     with pytest.raises(InvalidInputError, match="fps=-1"):
         frame_step(10.0, fps=-1)
+    with pytest.raises(InvalidInputError, match="every=3 and fps=2 both set"):
+        frame_step(10.0, every=3, fps=2)
+    assert frame_step(0.0, fps=2) == 1  # no stated frame rate: every frame
 
 
 def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path):
