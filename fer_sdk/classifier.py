@@ -9,6 +9,7 @@ under a lock), and the OpenCV detectors keep one instance per thread.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ from . import registry
 from .constants import EMOTIONS
 from .detect import HaarDetector, detect_faces_batch, get_detector
 from .detection import LANDMARKS, Detection
-from .errors import InvalidInputError, ModelError, positive_int
+from .errors import FerSdkError, InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
 from .images import load_image, plain_array
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
@@ -41,6 +42,14 @@ from .yunet import YuNetDetector
 _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
 
 
+def _is_source(value: Any) -> bool:
+    """A path, encoded bytes or a PIL image: something ``load_image`` turns into an array."""
+    return isinstance(value, _SOURCE_TYPES) or type(value).__module__.startswith("PIL.")
+
+
+logger = logging.getLogger("fer_sdk")
+#: ``predict_proba`` warns when a face's shorter side is over this many times the model's input (a photo?).
+LARGE_FACE_FACTOR = 8
 #: Box margin for detectors the SDK knows no framing for (custom objects and callables).
 CUSTOM_DETECTOR_MARGIN = 0.1
 
@@ -247,7 +256,7 @@ class Classifier:
     def _chunks(self, faces: Any):
         """The model's float32 batches for ``faces``, at most ``batch_size`` faces each, converted one at a time
         (so memory is the input plus a few batches, whatever the input's size)."""
-        if isinstance(faces, _SOURCE_TYPES):  # one image file / encoded buffer holding one face crop
+        if _is_source(faces):  # one image file / encoded buffer / PIL image holding one face crop
             faces = [faces]
         if isinstance(faces, np.ndarray):
             faces = plain_array(faces, what="faces")
@@ -255,15 +264,19 @@ class Classifier:
                 for start in range(0, len(faces), self._batch_size):
                     yield prepare_faces(faces[start : start + self._batch_size], self._prep)
                 return
+            self._warn_if_photo(faces)
             yield prepare_faces(faces, self._prep)
             return
         if not isinstance(faces, (list, tuple)):
             yield prepare_faces(faces, self._prep)  # raises the accepted-inputs message
             return
         pending: list[Any] = []
+        warned = False
         for item in faces:
-            if isinstance(item, _SOURCE_TYPES):
+            if _is_source(item):
                 item = load_image(item, max_pixels=self._max_pixels)
+            if not warned and isinstance(item, np.ndarray) and item.ndim in (2, 3) and not _is_batch(item):
+                warned = self._warn_if_photo(item)
             if isinstance(item, np.ndarray) and _is_batch(plain_array(item, what="faces[i]")):
                 if pending:
                     yield prepare_faces(pending, self._prep)
@@ -276,6 +289,17 @@ class Classifier:
                 pending = []
         if pending:
             yield prepare_faces(pending, self._prep)
+
+    def _warn_if_photo(self, image: np.ndarray) -> bool:
+        """Log a warning when a "face" is far larger than a face crop: most likely a whole photo."""
+        side = min(image.shape[:2])
+        if side <= LARGE_FACE_FACTOR * max(self._prep.height, self._prep.width):
+            return False
+        logger.warning(
+            "predict/predict_proba got a %dx%d image as one face crop; it is classified whole. If it is a photo, "
+            "use analyze() (or analyze_many), which finds the faces first", image.shape[1], image.shape[0],
+        )
+        return True
 
     def _input_shape(self) -> tuple[int, int, int]:
         spec = self._metadata["input"]
@@ -364,22 +388,45 @@ class Classifier:
         found = detect_faces_batch(self._detector, images)
         return [(dets, [self.crop(img, d) for d in dets]) for img, dets in zip(images, found)]
 
-    def _load_and_detect(self, images: list[Any]) -> list[tuple[list[Detection], list[np.ndarray]]]:
-        return self._detect_group([load_image(img, max_pixels=self._max_pixels) for img in images])
+    def _load_and_detect(self, images: list[Any], keep_errors: bool = False) -> list[Any]:
+        """``(detections, crops)`` per image; with ``keep_errors`` an image's ``FerSdkError`` takes its place
+        (a batch whose detection fails is redone image by image, so one bad photo costs only itself)."""
+        if not keep_errors:
+            return self._detect_group([load_image(img, max_pixels=self._max_pixels) for img in images])
+        out: list[Any] = [None] * len(images)
+        loaded, where = [], []
+        for i, img in enumerate(images):
+            try:
+                loaded.append(load_image(img, max_pixels=self._max_pixels))
+                where.append(i)
+            except FerSdkError as exc:
+                out[i] = exc
+        try:
+            groups = self._detect_group(loaded)
+        except FerSdkError:
+            groups = []
+            for image in loaded:
+                try:
+                    groups.append(self._detect_group([image])[0])
+                except FerSdkError as exc:
+                    groups.append(exc)
+        for i, group in zip(where, groups):
+            out[i] = group
+        return out
 
-    def _run_shares(self, shares: list[list[Any]]) -> list[list[tuple[list[Detection], list[np.ndarray]]]]:
+    def _run_shares(self, shares: list[list[Any]], keep_errors: bool) -> list[list[Any]]:
         """``_load_and_detect`` of each share on the Classifier's pool (made on first use with a thread per
         usable core; a call asking for more threads gets a pool of its own). Work is handed over under the lock,
         so ``close()`` from another thread waits for it instead of cutting it off."""
         if len(shares) > max(usable_cores(), self._workers or 1):
             with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="fer_sdk-detect") as own:
-                return list(own.map(self._load_and_detect, shares))
+                return list(own.map(lambda share: self._load_and_detect(share, keep_errors), shares))
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     max_workers=max(usable_cores(), self._workers or 1), thread_name_prefix="fer_sdk-detect"
                 )
-            futures = [self._pool.submit(self._load_and_detect, share) for share in shares]
+            futures = [self._pool.submit(self._load_and_detect, share, keep_errors) for share in shares]
         return [f.result() for f in futures]
 
     def _faces(self, detections: list[Detection], probs: np.ndarray) -> list[Face]:
@@ -425,11 +472,19 @@ class Classifier:
         if pool is not None:
             pool.shutdown(wait=False)
 
-    def analyze_many(self, images: Iterable[Any], *, workers: int | None = None) -> list[list[Face]]:
+    def analyze_many(self, images: Iterable[Any], *, workers: int | None = None,
+                     on_error: str = "raise") -> list[Any]:
         """``analyze`` for many photos: decoding and detection run on ``workers`` threads (default: the
         Classifier's ``workers``, else all cores), each thread detecting its share of the photos in batched
         ONNX Runtime calls; then the faces of all photos are classified together in shared batches. Results are
-        in input order."""
+        in input order.
+
+        ``on_error``: what a photo the SDK rejects (unreadable, too large, a failing custom detector) does:
+        ``"raise"`` (default) raises its ``FerSdkError``; ``"skip"`` gives it ``[]``; ``"return"`` puts the
+        ``FerSdkError`` itself in its place. The other photos are analyzed either way."""
+        if on_error not in ("raise", "skip", "return"):
+            raise InvalidInputError(f"on_error={on_error!r} must be 'raise', 'skip' or 'return'")
+        keep = on_error != "raise"
         if isinstance(images, (*_SOURCE_TYPES, np.ndarray)):
             raise InvalidInputError(
                 f"analyze_many expects a list of images, got one {type(images).__name__}; use analyze(image) or "
@@ -443,16 +498,22 @@ class Classifier:
             return []
         workers = min(workers, len(images))
         if workers == 1:
-            detected = self._load_and_detect(images)
+            detected = self._load_and_detect(images, keep)
         else:
             shares = [images[i::workers] for i in range(workers)]
-            detected = [None] * len(images)  # type: ignore[list-item]
-            for i, share in enumerate(self._run_shares(shares)):
+            detected = [None] * len(images)
+            for i, share in enumerate(self._run_shares(shares, keep)):
                 detected[i::workers] = share
-        crops = [crop for _, photo_crops in detected for crop in photo_crops]
+        good = [d for d in detected if not isinstance(d, FerSdkError)]
+        crops = [crop for _, photo_crops in good for crop in photo_crops]
         probs = self.predict_proba(crops) if crops else np.zeros((0, len(EMOTIONS)), np.float32)
-        results, start = [], 0
-        for detections, _ in detected:
+        results: list[Any] = []
+        start = 0
+        for item in detected:
+            if isinstance(item, FerSdkError):
+                results.append([] if on_error == "skip" else item)
+                continue
+            detections, _ = item
             results.append(self._faces(detections, probs[start : start + len(detections)]))
             start += len(detections)
         return results

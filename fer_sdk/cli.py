@@ -198,6 +198,8 @@ def predict(
             summary=summary,
             max_pixels=max_pixels,
         )
+    if outcome.summary and not outcome.failed:  # a run with errors ends on the error line instead
+        typer.echo(f"fer-sdk: {outcome.summary}", err=True)
     if outcome.all_failed:
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")
         raise typer.Exit(outcome.error_code)

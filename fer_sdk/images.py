@@ -44,7 +44,7 @@ def load_image(src, *, max_pixels: int | None = None) -> np.ndarray:
     """Load ``src`` as uint8 BGR ``(H, W, 3)`` (color sources) or gray ``(H, W)`` (grayscale sources).
 
     ``src`` is a path (``str`` or ``os.PathLike``), encoded image bytes (``bytes``, ``bytearray``,
-    ``memoryview``) or a numpy array. Arrays are validated and converted: uint8 2-D gray and 3-D BGR pass
+    ``memoryview``), a PIL image (converted from RGB) or a numpy array (BGR, as OpenCV gives). Arrays are validated and converted: uint8 2-D gray and 3-D BGR pass
     through, ``(H, W, 1)`` becomes 2-D, BGRA drops its alpha, uint16 is scaled to 8 bits (/257, rounded),
     floats must lie in [0, 1] (scaled by 255, rounded), other integer dtypes must hold values in 0..255.
 
@@ -54,6 +54,8 @@ def load_image(src, *, max_pixels: int | None = None) -> np.ndarray:
     limit = _check_max_pixels(max_pixels)
     if isinstance(src, np.ndarray):
         return as_image(src)
+    if _is_pil(src):
+        return from_pil(src)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
         return decode_image(data, source=f"<{len(data)} bytes>", max_pixels=limit)
@@ -102,6 +104,18 @@ def decode_image(data: bytes, *, source: str = "image bytes", max_pixels: int | 
     if image.dtype.kind == "f":  # EXR / HDR / PFM: clip to the displayable [0, 1] range
         image = np.clip(image, 0.0, 1.0)
     return as_image(image, what=source, decoded=True)
+
+
+def _is_pil(value) -> bool:
+    return type(value).__module__.startswith("PIL.") and hasattr(value, "convert") and hasattr(value, "mode")
+
+
+def from_pil(image) -> np.ndarray:
+    """A PIL image as the SDK's arrays: gray modes -> (H, W) uint8, everything else -> BGR (H, W, 3) uint8 (PIL
+    holds RGB; converting here is what keeps red and blue from being swapped)."""
+    if image.mode in ("L", "1", "I;16", "I", "F"):
+        return np.asarray(image.convert("L"))
+    return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
 
 
 def plain_array(array: np.ndarray, *, what: str = "array") -> np.ndarray:

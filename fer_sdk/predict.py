@@ -8,11 +8,13 @@ renders them, :func:`annotate_image` draws boxes and labels.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import io
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,21 +87,11 @@ def _visible_files(folder: Path) -> list[Path]:
 
 
 def analyze_each(classifier, images: list, *, workers: int | None = None) -> list[tuple[list, FerSdkError | None]]:
-    """``(faces, None)`` per image, or ``([], error)`` (the ``FerSdkError``) for an image the classifier rejects.
-
-    The images are analyzed together (shared inference batches); when that raises (e.g. a custom detector
-    failing on one photo), each image is redone alone so one bad photo does not fail the others.
-    """
-    try:
-        return [(faces, None) for faces in classifier.analyze_many(images, workers=workers)]
-    except FerSdkError:
-        pass
+    """``(faces, None)`` per image, or ``([], error)`` (the ``FerSdkError``) for an image the classifier rejects;
+    the others are analyzed together (shared inference batches) all the same."""
     out: list[tuple[list, FerSdkError | None]] = []
-    for image in images:
-        try:
-            out.append((classifier.analyze(image), None))
-        except FerSdkError as exc:
-            out.append(([], exc))
+    for item in classifier.analyze_many(images, workers=workers, on_error="return"):
+        out.append(([], item) if isinstance(item, FerSdkError) else (item, None))
     return out
 
 
@@ -242,6 +234,7 @@ class RunOutcome:
     total: int | None
     failed: int
     error_code: int = FerSdkError.exit_code
+    summary: str | None = None  # one line for people: model, detector, photos, faces, time
 
     @property
     def all_failed(self) -> bool:
@@ -336,6 +329,7 @@ def run_predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     show = len(photos) > 1
+    started = time.perf_counter()
     with Progress(
         TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True, disable=not show,
@@ -359,5 +353,11 @@ def run_predict(
         atomic_write_text(output, text)
     else:
         print(text, end="")
-    return RunOutcome.of(len(videos) + len(results),
-                         failed_videos + [r.error_code for r in results if r.error is not None])
+    outcome = RunOutcome.of(len(videos) + len(results),
+                            failed_videos + [r.error_code for r in results if r.error is not None])
+    faces = sum(len(r.faces) for r in results)
+    name = clf.spec.name if clf.spec is not None else str(model)
+    detector = "yunet" if type(clf.detector).__name__ == "YuNetDetector" else type(clf.detector).__name__
+    summary = (f"{name} ({clf.metadata.get('precision', '?')}, {clf.providers[0]}), detector {detector}: "
+               f"{len(photos)} photo(s), {faces} face(s) in {time.perf_counter() - started:.2f} s")
+    return dataclasses.replace(outcome, summary=summary)

@@ -154,7 +154,15 @@ def create_session(
             f"{name} is not a loadable ONNX model ({type(err).__name__}: {str(err).strip()[:300]}); the file is "
             f"corrupt or truncated: re-export it (fer-sdk export) or, for a bundled model, reinstall fer-sdk"
         ) from err
-    log_providers(session, requested, name)
+    actual = log_providers(session, requested, name)
+    strict = not (isinstance(providers, str) and providers.lower() == "auto")
+    missing = [_provider_name(p) for p in requested if _provider_name(p) != CPU and _provider_name(p) not in actual]
+    if strict and missing:
+        raise DependencyError(
+            f"{', '.join(missing)} was requested for {name} but ONNX Runtime cannot use it here (no GPU, or its "
+            "CUDA/cuDNN libraries are missing) and would run on CPU. Fix: install the CUDA libraries, or pass "
+            "providers='auto' (CLI: --providers auto) to fall back to CPU when CUDA is not usable."
+        )
     return session
 
 

@@ -379,3 +379,35 @@ def test_masked_arrays_and_matrices_are_read_as_plain_arrays(tiny_models):
     np.testing.assert_allclose(clf.predict_proba(np.asmatrix(face)), want, atol=1e-6)
     with pytest.raises(InvalidInputError, match="masked pixels.*filled"):
         clf.predict_proba(np.ma.masked_array(face, mask=face > 250))
+
+
+def test_analyze_many_on_error_keeps_the_other_photos(tiny_models, samples_dir, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    photos = [samples_dir / "two_faces.jpg", bad, samples_dir / "astronaut.jpg"]
+    clf = Classifier(tiny_models.fp32)
+    with pytest.raises(InvalidInputError, match="bad.jpg"):
+        clf.analyze_many(photos)
+    skipped = clf.analyze_many(photos, on_error="skip", workers=2)
+    assert [len(r) for r in skipped] == [2, 0, 1]
+    returned = clf.analyze_many(photos, on_error="return")
+    assert isinstance(returned[1], InvalidInputError) and "bad.jpg" in str(returned[1])
+    assert [f.box for f in returned[0]] == [f.box for f in clf.analyze(photos[0])]
+    with pytest.raises(InvalidInputError, match="on_error"):
+        clf.analyze_many(photos, on_error="ignore")
+
+
+def test_pil_images_are_read_as_rgb_and_photos_given_as_faces_warn(tiny_models, samples_dir, caplog):
+    pil = pytest.importorskip("PIL.Image")
+    clf = Classifier(tiny_models.fp32)
+    bgr = cv2.imread(str(samples_dir / "astronaut.jpg"))
+    image = pil.open(samples_dir / "astronaut.jpg")
+    assert [f.box for f in clf.analyze(image)] == [f.box for f in clf.analyze(bgr)]
+    np.testing.assert_allclose(clf.predict_proba(image), clf.predict_proba(bgr), atol=1e-6)
+    with caplog.at_level("WARNING", logger="fer_sdk"):
+        clf.predict_proba(bgr)  # a 512x512 photo passed as one face
+    assert any("use analyze()" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fer_sdk"):
+        clf.predict_proba(np.zeros((48, 48), np.uint8))
+    assert not caplog.records

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -606,3 +607,11 @@ def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
             assert lines[8].startswith("6 fer-sdk: error:") and "fer-sdk[cpu,train]" in lines[8]
         else:  # ... or, with it installed, reads the data
             assert lines[8].startswith("5 fer-sdk: error: x.csv: no such file")
+
+
+def test_predict_ends_with_a_summary_line(samples_dir):
+    result = invoke("predict", "--model", "deep-int8", samples_dir)
+    assert result.exit_code == 0, result.output
+    (line,) = stderr_lines(result)
+    assert re.fullmatch(r"fer-sdk: deep-int8 \(int8, CPUExecutionProvider\), detector yunet: 3 photo\(s\), "
+                        r"4 face\(s\) in \d+\.\d\d s", line), line

@@ -150,6 +150,10 @@ def test_cuda_fallback_is_reported(tiny_models, available, caplog):
         r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "fer_sdk"
     ]
     assert len(warnings_logged) == 1 and CUDA in warnings_logged[0] and "fell back" in warnings_logged[0]
+    # asked for by name, not with 'auto': an error instead of a silent CPU run
+    with warnings.catch_warnings(), pytest.raises(DependencyError, match=r"CUDAExecutionProvider was requested.*auto"):
+        warnings.simplefilter("ignore")
+        runtime.create_session(tiny_models.fp32, "cuda")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "4", True])
