@@ -28,16 +28,41 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+#: Global options accepted anywhere on the command line (``fer-sdk predict x.jpg --debug`` too).
+GLOBAL_FLAGS = ("--debug", "--version")
 
 _state = {"debug": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"fer-sdk {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move ``--debug`` / ``--version`` given after the subcommand to the front, where Typer reads them
+    (after a ``--`` everything is left as is: a file may be called ``--debug``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
+    if "--version" in flags:
+        return ["--version"]
+    return flags + rest + argv[end:]
 
 
 def _err(message: str) -> None:
@@ -447,7 +472,7 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):  # non-UTF-8 file names print as their bytes, not as a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
-    app()
+    app(args=hoist_global_flags(sys.argv[1:]))
 
 
 if __name__ == "__main__":

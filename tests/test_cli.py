@@ -615,3 +615,26 @@ def test_predict_ends_with_a_summary_line(samples_dir):
     (line,) = stderr_lines(result)
     assert re.fullmatch(r"fer-sdk: deep-int8 \(int8, CPUExecutionProvider\), detector yunet: 3 photo\(s\), "
                         r"4 face\(s\) in \d+\.\d\d s", line), line
+
+
+def test_version_help_and_debug_are_accepted_after_the_subcommand(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path as _Path
+
+    from fer_sdk import __version__
+    from fer_sdk.cli import hoist_global_flags
+
+    assert hoist_global_flags(["predict", "a.jpg", "--debug"]) == ["--debug", "predict", "a.jpg"]
+    assert hoist_global_flags(["models", "--version"]) == ["--version"]
+    assert hoist_global_flags(["predict", "--", "--debug"]) == ["predict", "--", "--debug"]
+    exe = _Path(sys.executable).with_name("fer-sdk")
+    if not exe.is_file():
+        pytest.skip("the fer-sdk console script is not installed beside this Python")
+    run = lambda *a: subprocess.run([str(exe), *a], capture_output=True, text=True, timeout=120)
+    assert run("models", "--version").stdout.strip() == f"fer-sdk {__version__}"
+    assert "Usage: fer-sdk predict" in run("predict", "-h").stdout
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"junk")
+    debug = run("predict", str(bad), "--debug")
+    assert debug.returncode == 3 and "fer-sdk: error:" in debug.stderr
