@@ -80,6 +80,35 @@ def _tiff_claiming(width: int, height: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(64)
 
 
+def _tiff_duplicate_width() -> bytes:
+    width = height = 10000
+    strip = zlib.compress(bytes(width * height), 9)
+    entries = [(256, 4, 1, width), (256, 4, 1, 1), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8),
+               (262, 3, 1, 1), (273, 4, 1, None), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(strip))]
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = data_at if value is None else value
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    return out + struct.pack("<I", 0) + strip
+
+
+def _jpeg_fake_sof() -> bytes:
+    import cv2
+    import numpy as np
+
+    real = cv2.imencode(".jpg", np.zeros((8000, 8000), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 10])[1].tobytes()
+    fake = b"\xff\xc0\x00\x0b\x08\x00\x01\x00\x01\x01\x01\x11\x00"
+    return b"\xff\xd8\xff\x00\x00\x06\xff\xfe" + struct.pack(">H", 2 + len(fake)) + fake + real[2:]
+
+
+def _bigtiff_claiming(width: int, height: int) -> bytes:
+    entries = [(256, 16, 1, width), (257, 16, 1, height), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1)]
+    ifd = struct.pack("<Q", len(entries)) + b"".join(struct.pack("<HHQQ", *e) for e in entries) + bytes(8)
+    return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd + bytes(64)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -231,6 +260,14 @@ def cases() -> list[Case]:
         "text-named-jpg": lambda: b"not an image at all\n" * 10,
     }.items():
         out.append(_photo_case(f"bomb: {fmt}", fn))
+    # headers that say one size to a naive reader and another to the decoder
+    out.append(_photo_case("bomb: pnm comment ended by CR hides the real 20000x20000",
+                           lambda: b"P4\n#\r20000\n20000 1\n" + b"\x55" * 50_000, filename="p.pbm"))
+    out.append(Case("bomb: tiff with ImageWidth twice (1, then 10000)", "bomb",
+                    lambda d: ["predict", str(_write(d / "t.tif", _tiff_duplicate_width())), "--max-pixels", "1000000"],
+                    (3,)))
+    out.append(_photo_case("bomb: jpeg FF00 skips over a fake 1x1 SOF hidden in a comment", _jpeg_fake_sof))
+    out.append(_photo_case("bomb: bigtiff-100000x100000", lambda: _bigtiff_claiming(100000, 100000), filename="b.tif"))
     out.append(Case("bomb: tiff in a folder of good photos keeps the good rows", "bomb",
                     _folder_with(lambda f: _write(f / "b_bomb.tif", _tiff_claiming(32000, 32000))), (8,),
                     _kept_good_rows))
@@ -297,6 +334,7 @@ def cases() -> list[Case]:
                     lambda d: ["eval", "--data", str(_stream_gz(d / "long.csv.gz", b"emotion,pixels,Usage\n",
                                                                 _good_row() * 1000, 120))], (5,)))
     out.append(Case("dataset: a zip bomb member", "dataset", _zip_bomb, (5,)))
+    out.append(Case("dataset: a tar.gz whose GNU long name is 256 MB", "dataset", _tar_long_name, (5,)))
     out.append(Case("dataset: a valid row then garbage", "dataset",
                     lambda d: ["eval", "--data", str(_write(d / "g.csv.gz", _csv_gz([_good_row(), b"\x00" * 5000])))],
                     (5,)))
@@ -310,6 +348,8 @@ def cases() -> list[Case]:
     out.append(_model_case("metadata: scale 1e308", _set(["input", "scale"], 1e308)))
     out.append(_model_case("metadata: offset NaN", lambda m: json.dumps(m).replace('"offset": 0.0', '"offset": NaN')))
     out.append(_model_case("metadata: labels a dict", _set(["labels"], {"a": 1})))
+    out.append(_model_case("metadata: a 5,000-digit integer", lambda m: json.dumps(m).replace('"height": 48', '"height": ' + "9" * 5000)))
+    out.append(_model_case("metadata: format true", _set(["format"], True)))
     out.append(_model_case("metadata: 2 MB of metadata", _set(["metrics"], {"x": "y" * 2_000_000})))
     out.append(_model_case("metadata: framing with 4 landmarks", _set(["framing"], {"landmarks": [[0.5, 0.5]] * 4,
                                                                                   "yunet_box": [0, 0, 1, 1],
@@ -412,6 +452,20 @@ def _tar_claiming(d: Path) -> list[str]:
     header = info.tobuf(format=tarfile.GNU_FORMAT)
     _write(d / "fer.tar", header + b"emotion,pixels,Usage\n" + b"0" * 5000)
     return ["eval", "--data", str(d / "fer.tar")]
+
+
+def _tar_long_name(d: Path) -> list[str]:
+    import tarfile
+
+    size = 256 << 20
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, size
+    with gzip.open(d / "fer.tar.gz", "wb", compresslevel=1) as fh:
+        fh.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        chunk = b"a" * (1 << 20)
+        for _ in range(size >> 20):
+            fh.write(chunk)
+    return ["eval", "--data", str(d / "fer.tar.gz")]
 
 
 def _zip_bomb(d: Path) -> list[str]:

@@ -232,6 +232,7 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
         raise InvalidInputError(
             f"ensemble members {[str(f) for f in files]} repeat a model; give each model once with its weight"
         )
+    check_output_file(out, option="out", inputs=files)  # the ensemble must not replace one of its members
 
     base = loaded[0].meta
     proto = merge([m.proto for m in loaded], weights, base, onnx)

@@ -11,7 +11,12 @@ first use, and ONNX Runtime when a ``Classifier`` is built.
 
 from __future__ import annotations
 
+import os as _os
 from typing import TYPE_CHECKING
+
+# A backstop behind the SDK's own header checks (fer_sdk.images): OpenCV refuses, before allocating, any image
+# over this many pixels. It must be set before cv2 is first imported, and a value the user set wins.
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
 
 from .constants import EMOTIONS
 from .errors import (

@@ -260,7 +260,8 @@ class Classifier:
             faces = [faces]
         if isinstance(faces, np.ndarray):
             faces = plain_array(faces, what="faces")
-            if _is_batch(faces):
+            # uint16 is judged on the whole array (its 8-bit-in-16-bit check), empty arrays are checked as given
+            if _is_batch(faces) and len(faces) and faces.dtype != np.uint16:
                 for start in range(0, len(faces), self._batch_size):
                     yield prepare_faces(faces[start : start + self._batch_size], self._prep)
                 return
@@ -272,23 +273,26 @@ class Classifier:
             return
         pending: list[Any] = []
         warned = False
-        for item in faces:
+        first = 0  # the index in ``faces`` of pending[0], so errors name the caller's index
+        for position, item in enumerate(faces):
             if _is_source(item):
                 item = load_image(item, max_pixels=self._max_pixels)
             if not warned and isinstance(item, np.ndarray) and item.ndim in (2, 3) and not _is_batch(item):
                 warned = self._warn_if_photo(item)
-            if isinstance(item, np.ndarray) and _is_batch(plain_array(item, what="faces[i]")):
+            if isinstance(item, np.ndarray) and _is_batch(plain_array(item, what=f"faces[{position}]")):
                 if pending:
-                    yield prepare_faces(pending, self._prep)
+                    yield prepare_faces(pending, self._prep, first_index=first)
                     pending = []
                 yield from self._chunks(item)
                 continue
+            if not pending:
+                first = position
             pending.append(item)
             if len(pending) == self._batch_size:
-                yield prepare_faces(pending, self._prep)
+                yield prepare_faces(pending, self._prep, first_index=first)
                 pending = []
         if pending:
-            yield prepare_faces(pending, self._prep)
+            yield prepare_faces(pending, self._prep, first_index=first)
 
     def _warn_if_photo(self, image: np.ndarray) -> bool:
         """Log a warning when a "face" is far larger than a face crop: most likely a whole photo."""
@@ -533,7 +537,7 @@ def _check_probabilities(probs: np.ndarray, name: str) -> None:
 
 def _is_batch(array: np.ndarray) -> bool:
     """A batch (N, H, W) of gray faces or (N, H, W, C), as ``prepare_faces`` reads shapes."""
-    return array.ndim == 4 or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))
+    return (array.ndim == 4 and array.shape[3] in (1, 3, 4)) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))
 
 
 def _session_path(session: Any) -> Path | None:

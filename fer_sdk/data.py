@@ -160,6 +160,7 @@ def _open(path: Path, stack: ExitStack):
             archive = stack.enter_context(zipfile.ZipFile(path))
             name = _archive_csv(path, [i.filename for i in archive.infolist() if not i.is_dir()])
             return stack.enter_context(archive.open(name))
+        _check_tar_headers(path, magic)  # before tarfile (is_tarfile too) reads long names / pax records whole
         if tarfile.is_tarfile(path):
             archive = stack.enter_context(tarfile.open(path))  # noqa: SIM115 (closed by the stack)
             members = {m.name: m for m in archive.getmembers() if m.isfile()}
@@ -174,6 +175,45 @@ def _open(path: Path, stack: ExitStack):
         ) from exc
 
 
+#: Largest tar header payload (GNU long name, pax record) accepted; FER2013's archive has none over 100 bytes.
+MAX_TAR_HEADER_BYTES = 64 * 1024
+MAX_TAR_MEMBERS = 10_000
+
+
+def _check_tar_headers(path: Path, magic: bytes) -> None:
+    """Walk a tar(.gz) header by header, skipping member data, and refuse oversized long-name / pax headers or
+    more than ``MAX_TAR_MEMBERS`` members, within ``MAX_CSV_BYTES`` of reading."""
+    with ExitStack() as stack:
+        raw = stack.enter_context(open_regular(path, error=DatasetError, what="dataset file"))
+        fh = stack.enter_context(gzip.open(raw, "rb")) if magic[:2] == b"\x1f\x8b" else raw
+        seen = 0
+        for _ in range(MAX_TAR_MEMBERS + 1):
+            header = fh.read(512)
+            if len(header) < 512 or header == bytes(512) or header[257:262] != b"ustar":
+                return  # the end, or not a (POSIX / GNU) tar at all
+            try:
+                size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+            except ValueError:
+                return  # not a header tarfile understands either: it reports the archive as corrupt
+            if header[156:157] in (b"L", b"K", b"x", b"g") and size > MAX_TAR_HEADER_BYTES:
+                raise DatasetError(
+                    f"{path}: a tar header claims {size:,} bytes of member name or attributes (the most accepted is "
+                    f"{MAX_TAR_HEADER_BYTES:,}). Fix: re-download the archive, or extract fer2013.csv and pass that."
+                )
+            skip = (size + 511) // 512 * 512
+            seen += 512 + skip
+            if seen > MAX_CSV_BYTES:
+                raise DatasetError(f"{path}: the tar archive unpacks to more than {MAX_CSV_BYTES:,} bytes. "
+                                   "Fix: extract fer2013.csv and pass that.")
+            while skip:
+                chunk = fh.read(min(skip, 1 << 20))
+                if not chunk:
+                    return
+                skip -= len(chunk)
+    raise DatasetError(f"{path}: a tar archive with more than {MAX_TAR_MEMBERS:,} members; expected fer2013.csv. "
+                       "Fix: extract fer2013.csv and pass that.")
+
+
 def _archive_csv(path: Path, names: list[str]) -> str:
     """The CSV member of a downloaded archive: fer2013.csv, icml_face_data.csv, else its only ``.csv``."""
     visible = [n for n in names if not Path(n).name.startswith(".")]
@@ -184,7 +224,7 @@ def _archive_csv(path: Path, names: list[str]) -> str:
     csvs = [n for n in visible if n.lower().endswith(".csv")]
     if len(csvs) == 1:
         return csvs[0]
-    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+    shown = ", ".join(n[:80] for n in names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
     if any(n.lower().endswith(IMAGE_SUFFIXES) for n in visible):
         fix = "extract it and pass the folder that holds train/ and test/ (the image-folder release)"
     else:

@@ -37,7 +37,8 @@ _FORMATS_HINT = "JPEG, PNG, BMP, WebP, GIF, TIFF or PNM (PBM/PGM/PPM)"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Start-of-frame markers carry the dimensions; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_PNM_HEADER = re.compile(rb"P[1-6](?:\s|#[^\n]*\n)+(\d+)(?:\s|#[^\n]*\n)+(\d+)")
+# Comments end at CR or LF, as in OpenCV's PNM reader (a CR-ended comment must not hide a digit from us).
+_PNM_HEADER = re.compile(rb"P[1-6](?:\s|#[^\r\n]*[\r\n])+(\d+)(?:\s|#[^\r\n]*[\r\n])+(\d+)")
 
 
 def load_image(src, *, max_pixels: int | None = None) -> np.ndarray:
@@ -232,10 +233,10 @@ def header_size(data: bytes) -> tuple[str, int, int] | None:
             return "BMP", abs(width), abs(height)  # negative height = top-down rows
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
             return _webp_size(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             return _tiff_size(data)
         if data[:1] == b"P" and data[1:2] and data[1:2] in b"123456":
-            match = _PNM_HEADER.match(data[:1024])
+            match = _PNM_HEADER.match(data[:65536])
             if match:
                 return "PNM", int(match.group(1)), int(match.group(2))
     except (struct.error, ValueError, IndexError):
@@ -244,17 +245,29 @@ def header_size(data: bytes) -> tuple[str, int, int] | None:
 
 
 def _tiff_size(data: bytes) -> tuple[str, int, int] | None:
-    """Width and height of the first image (IFD) of a classic TIFF; None when the tags are missing."""
+    """Width and height of the first image (IFD) of a classic or Big TIFF; None when they are missing, given
+    twice or with an unexpected type (libtiff keeps the first copy of a tag: we refuse rather than guess)."""
     order = "<" if data[:2] == b"II" else ">"
-    (offset,) = struct.unpack(order + "I", data[4:8])
-    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    if big:
+        (offset,) = struct.unpack(order + "Q", data[8:16])
+        (count,) = struct.unpack(order + "Q", data[offset : offset + 8])
+        first, size, head = offset + 8, 20, "HHQ"
+    else:
+        (offset,) = struct.unpack(order + "I", data[4:8])
+        (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+        first, size, head = offset + 2, 12, "HHI"
     found: dict[int, int] = {}
-    for k in range(count):
-        entry = offset + 2 + 12 * k
-        tag, kind, _ = struct.unpack(order + "HHI", data[entry : entry + 8])
-        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
-            fmt = "H" if kind == 3 else "I"
-            (found[tag],) = struct.unpack(order + fmt, data[entry + 8 : entry + 8 + struct.calcsize(fmt)])
+    for k in range(min(count, 4096)):
+        entry = first + size * k
+        tag, kind, _ = struct.unpack(order + head, data[entry : entry + struct.calcsize(head)])
+        if tag not in (256, 257):
+            continue
+        if tag in found or kind not in (3, 4, 16):  # a repeated width/height, or not SHORT / LONG / LONG8
+            return None
+        fmt = {3: "H", 4: "I", 16: "Q"}[kind]
+        value_at = entry + struct.calcsize(head)
+        (found[tag],) = struct.unpack(order + fmt, data[value_at : value_at + struct.calcsize(fmt)])
     if 256 in found and 257 in found:
         return "TIFF", found[256], found[257]
     return None
@@ -287,6 +300,9 @@ def _jpeg_scan(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
+            continue
+        if marker == 0x00:  # FF 00 is no marker: libjpeg discards it as stray data
+            i += 2
             continue
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers, no length
             i += 2

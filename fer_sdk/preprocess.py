@@ -113,7 +113,7 @@ class Preprocessing:
         return cls(**values)
 
 
-def prepare_faces(faces, prep: Preprocessing | None = None) -> np.ndarray:
+def prepare_faces(faces, prep: Preprocessing | None = None, *, first_index: int = 0) -> np.ndarray:
     """Turn one face or many into the model's float32 batch ``(N, H, W, 1)``.
 
     Input shapes (an array of any size is resized; color is converted to gray):
@@ -134,7 +134,7 @@ def prepare_faces(faces, prep: Preprocessing | None = None) -> np.ndarray:
     prep = Preprocessing() if prep is None else prep
     if not isinstance(prep, Preprocessing):
         raise InvalidInputError(f"prep: expected a Preprocessing, got {type(prep).__name__}.")
-    stacks = [_resize_stack(_gray_stack(item, what), prep) for item, what in _items(faces)]
+    stacks = [_resize_stack(_gray_stack(item, what), prep) for item, what in _items(faces, first_index)]
     if not stacks:
         return np.empty((0, prep.height, prep.width, 1), np.float32)
     batch = (
@@ -215,8 +215,9 @@ def _round(value: float) -> int:
     return math.floor(value + 0.5)
 
 
-def _items(faces):
-    """Yield ``(array_or_image, description)`` for each input item; load paths and bytes."""
+def _items(faces, first_index: int = 0):
+    """Yield ``(array_or_image, description)`` for each input item; load paths and bytes. ``first_index``: the
+    position of ``faces[0]`` in the caller's list (errors name the caller's index)."""
     if isinstance(faces, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
         faces, single = [faces], True
     elif isinstance(faces, (list, tuple)):
@@ -224,7 +225,7 @@ def _items(faces):
     else:
         raise InvalidInputError(f"faces: got {_describe(faces)}; {_ACCEPTED}.")
     for index, item in enumerate(faces):
-        what = "faces" if single else f"faces[{index}]"
+        what = "faces" if single else f"faces[{index + first_index}]"
         if isinstance(item, np.ndarray):
             yield plain_array(item, what=what), what
         elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):

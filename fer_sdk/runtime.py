@@ -200,12 +200,14 @@ def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict
         raise ModelError(f"{name}: fer-sdk metadata is {len(raw):,} characters, over {_MAX_METADATA_CHARS:,}; {_EXPORT_HINT}")
     try:
         meta = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nesting thousands deep
+    except (ValueError, RecursionError) as err:  # bad JSON, integers of 4,300+ digits, nesting thousands deep
         raise ModelError(f"{name} has unreadable fer-sdk metadata ({type(err).__name__}); {_EXPORT_HINT}") from None
     if not isinstance(meta, dict):
         raise ModelError(f"{name}: fer-sdk metadata is {type(meta).__name__}, not an object; {_EXPORT_HINT}")
     fmt = meta.get("format")
-    if not isinstance(fmt, int) or fmt > METADATA_FORMAT:
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise ModelError(f"{name}: fer-sdk metadata format {fmt!r} is not an integer; {_EXPORT_HINT}")
+    if fmt > METADATA_FORMAT:
         raise ModelError(
             f"{name}: fer-sdk metadata format {fmt!r} is not supported by this version (reads up to "
             f"{METADATA_FORMAT}); upgrade fer-sdk (pip install -U fer-sdk) or re-export the model"

@@ -164,7 +164,8 @@ def _open(path: Path, max_pixels: int | None = None):
     from .io import open_regular
 
     open_regular(path, error=InvalidInputError, what="video file").close()  # no FIFO, device or folder
-    cap = cv2.VideoCapture(str(path))
+    # an absolute path: FFmpeg reads a name like "file:x.mp4" or "pipe:0" as a protocol, not as this file
+    cap = cv2.VideoCapture(str(Path(path).absolute()))
     if not cap.isOpened():
         raise InvalidInputError(f"{path}: OpenCV cannot open this video; check the file or convert it to MP4 (H.264)")
     width, height = int(cap.get(3) or 0), int(cap.get(4) or 0)  # CAP_PROP_FRAME_WIDTH / HEIGHT

@@ -411,3 +411,18 @@ def test_pil_images_are_read_as_rgb_and_photos_given_as_faces_warn(tiny_models, 
     with caplog.at_level("WARNING", logger="fer_sdk"):
         clf.predict_proba(np.zeros((48, 48), np.uint8))
     assert not caplog.records
+
+
+def test_batchwise_conversion_keeps_whole_input_checks_and_caller_indices(tiny_models):
+    clf = Classifier(tiny_models.fp32, batch_size=32)
+    faces = [np.zeros((48, 48), np.uint8)] * 40
+    faces[34] = np.zeros((48, 48), np.bool_)
+    with pytest.raises(InvalidInputError, match=r"faces\[34\]"):
+        clf.predict_proba(faces)
+    with pytest.raises(InvalidInputError, match=r"\(40, 48, 48, 2\)"):
+        clf.predict_proba(np.zeros((40, 48, 48, 2), np.uint8))
+    sixteen = np.full((40, 48, 48), 30000, np.uint16)
+    sixteen[:32] = 200  # 8-bit-looking values in the first batch only: a 16-bit array as a whole
+    assert clf.predict_proba(sixteen).shape == (40, 7)
+    with pytest.raises(InvalidInputError):
+        clf.predict_proba(np.zeros((0, 48, 48, 2), np.uint8))
