@@ -1,6 +1,6 @@
 """The hostile-input corpus (benchmarks/hostile.py) through the real console script: each case must end with its
 documented exit code inside 30 s and 1 GB, leaving what existed before untouched. A few cases of every class run
-by default; the whole corpus (70 cases, about 2 minutes) is marked slow and runs in CI."""
+by default; the whole corpus (77 cases, about 2 minutes) is marked slow and runs in CI."""
 
 from __future__ import annotations
 
