@@ -1,6 +1,6 @@
 """Rebuild the Keras network from a bundled fp32 ONNX model, to fine-tune it further when its run is gone.
 
-    python -m fer_sdk.export.recover fer_sdk/models/deep.onnx --data fer2013.csv.gz --out runs/deep-start.keras
+    python -m fer_sdk.export.recover deep --data fer2013.csv.gz --out runs/deep-start.keras
 
 tf2onnx keeps the conv / dense weights as they are and turns each batch norm into ``Mul(s)`` + ``Add(b)``. The
 network is rebuilt from the model's ``architecture`` metadata, weights are copied, and each batch norm gets
@@ -103,14 +103,17 @@ def main(argv: list[str] | None = None) -> None:
     from fer_sdk.data import load_split
 
     ap = argparse.ArgumentParser(description="Rebuild a .keras network from a fer-sdk fp32 ONNX model.")
-    ap.add_argument("model", type=Path, help="fp32 ONNX export, e.g. fer_sdk/models/deep.onnx")
+    ap.add_argument("model", help="a bundled fp32 model name (deep, shallow) or the path of an fp32 ONNX export")
     ap.add_argument("--data", type=Path, required=True, help="FER2013 CSV / folder (Training faces)")
     ap.add_argument("--out", type=Path, required=True, help="the .keras file to write")
     ap.add_argument("--faces", type=int, default=6000, help="Training faces for batch-norm statistics")
     args = ap.parse_args(argv)
     try:
+        from fer_sdk.registry import resolve_model
+
+        model_path, _ = resolve_model(args.model)  # bundled names and paths; a missing file is a ModelError
         faces, _ = load_split(args.data, "Training")
-        net, diff = recover_network(args.model, faces[: args.faces])
+        net, diff = recover_network(model_path, faces[: args.faces])
         with atomic_path(args.out) as tmp:
             net.save(tmp)
     except FerSdkError as exc:

@@ -31,9 +31,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 #: Global options accepted anywhere on the command line (``fer-sdk predict x.jpg --debug`` too).
-GLOBAL_FLAGS = ("--debug", "--version")
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q", "--version")
 
-_state = {"debug": False}
+_state = {"debug": False, "quiet": False}
 
 
 def _print_version(value: bool) -> None:
@@ -50,8 +50,18 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only results and errors: no progress bars, summary or warnings.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
+    _state["quiet"] = quiet
+    import logging
+
+    from .progress import set_quiet
+
+    logging.getLogger("fer_sdk").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    set_quiet(quiet)
 
 
 def hoist_global_flags(argv: list[str]) -> list[str]:
@@ -223,7 +233,7 @@ def predict(
             summary=summary,
             max_pixels=max_pixels,
         )
-    if outcome.summary and not outcome.failed:  # a run with errors ends on the error line instead
+    if outcome.summary and not outcome.failed and not _state["quiet"]:  # a run with errors ends on its error line
         typer.echo(f"fer-sdk: {outcome.summary}", err=True)
     if outcome.all_failed:
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")

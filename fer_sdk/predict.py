@@ -325,14 +325,13 @@ def run_predict(
     else:
         failed_videos = []
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    show = len(photos) > 1
+    from .progress import bar as progress_bar
+
     started = time.perf_counter()
-    with Progress(
-        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True, disable=not show,
+    with progress_bar(
+        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), enabled=len(photos) > 1
     ) as bar:
         task = bar.add_task("photos", total=len(photos))
         for result in predict_photos(clf, photos, keep_images=annotate is not None,

@@ -314,10 +314,10 @@ class _NothingWritten(Exception):
 def _write_videos(classifier, videos, *, every, fps, json_lines, output, annotate, taken, smooth, failed,
                   summaries) -> None:
     import cv2
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from .predict import annotate_image, unique_path
+    from .progress import bar as progress_bar
 
     with ExitStack() as stack:
         if output is not None:
@@ -328,9 +328,8 @@ def _write_videos(classifier, videos, *, every, fps, json_lines, output, annotat
         writer = None if json_lines else csv.DictWriter(sink, fieldnames=ROW_FIELDS, lineterminator="\n")
         if writer is not None:
             writer.writeheader()
-        progress = stack.enter_context(Progress(
+        progress = stack.enter_context(progress_bar(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
         ))
         for path in videos:
             try:

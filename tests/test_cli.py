@@ -638,3 +638,7 @@ def test_version_help_and_debug_are_accepted_after_the_subcommand(tmp_path):
     bad.write_bytes(b"junk")
     debug = run("predict", str(bad), "--debug")
     assert debug.returncode == 3 and "fer-sdk: error:" in debug.stderr
+    samples = _Path(__file__).resolve().parents[1] / "fer_sdk" / "samples"
+    quiet = run("predict", str(samples), "--csv", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.count("\n") == 5  # header + 4 faces
+    assert "fer-sdk: deep-int8" in run("predict", str(samples), "--csv").stderr

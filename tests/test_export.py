@@ -371,6 +371,10 @@ def test_recover_rebuilds_the_keras_network_from_the_onnx_export(exported, run, 
 
     again = keras.models.load_model(out, compile=False)
     np.testing.assert_allclose(again.predict(x, verbose=0), original.predict(x, verbose=0), atol=1e-4)
+    # a missing file or an unknown bundled name is one line, not a FileNotFoundError traceback
+    for missing in (str(tmp_path / "gone.onnx"), "no-such-model"):
+        with pytest.raises(SystemExit, match=r"error: .*(does not exist|unknown model)"):
+            recover_main([missing, "--data", str(csv), "--out", str(tmp_path / "x.keras")])
 
 
 def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp_path):
