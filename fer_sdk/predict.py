@@ -23,7 +23,7 @@ import numpy as np
 
 from .constants import EMOTIONS
 from .detection import DETECTION_COLUMNS
-from .errors import FerSdkError, InvalidInputError
+from .errors import FerSdkError, InvalidImageError, InvalidInputError
 from .io import atomic_path, atomic_write_text, check_output_file, check_output_folder
 
 #: What folder walks pick up: the extensions of the formats ``images.decode_image`` accepts.
@@ -31,6 +31,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", "
                     ".ppm", ".pnm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 PHOTOS_PER_CHUNK = 32
+#: The input name that reads one photo from standard input.
+STDIN = "-"
 
 
 @dataclass
@@ -51,12 +53,16 @@ class PhotoResult:
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[PhotoResult]]:
     """Split ``paths`` into photos and videos; folders are searched recursively, in sorted order.
 
-    Paths that do not exist come back as error results rather than stopping the run.
+    Paths that do not exist come back as error results rather than stopping the run. ``-`` is one photo read
+    from standard input (a file called ``-`` is ``./-``).
     """
     photos: list[Path] = []
     videos: list[Path] = []
     missing: list[PhotoResult] = []
     for raw in paths:
+        if str(raw) == STDIN:
+            photos.append(Path(STDIN))
+            continue
         path = Path(raw)
         try:
             is_dir, exists = path.is_dir(), os.path.lexists(path)
@@ -95,16 +101,26 @@ def analyze_each(classifier, images: list, *, workers: int | None = None) -> lis
     return out
 
 
+def _read_photo(path: Path, max_pixels: int | None):
+    from .images import MAX_FILE_BYTES, decode_image, load_image
+
+    if str(path) != STDIN:
+        return load_image(path, max_pixels=max_pixels)
+    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidImageError(f"<stdin>: more than {MAX_FILE_BYTES:,} bytes; pass a smaller image")
+    return decode_image(data, source="<stdin>", max_pixels=max_pixels)
+
+
 def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False, progress=None) -> Iterator[PhotoResult]:
     """Analyze photos in chunks (faces of a chunk share inference batches); bad files become error results."""
-    from .images import load_image
 
     for start in range(0, len(photos), PHOTOS_PER_CHUNK):
         chunk = photos[start : start + PHOTOS_PER_CHUNK]
         results, images = [], []
         for path in chunk:
             try:
-                images.append(load_image(path, max_pixels=classifier.max_pixels))
+                images.append(_read_photo(path, classifier.max_pixels))
                 results.append(PhotoResult(str(path)))
             except FerSdkError as exc:
                 results.append(PhotoResult(str(path), error=str(exc), error_code=exc.exit_code))
@@ -168,7 +184,7 @@ def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None =
     """
     import cv2
 
-    target = folder / Path(result.source).name
+    target = folder / ("stdin.png" if result.source == STDIN else Path(result.source).name)
     ext = target.suffix.lower() if target.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
     if taken is None:
         taken = reserved_paths([Path(result.source)])

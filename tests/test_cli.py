@@ -642,3 +642,15 @@ def test_version_help_and_debug_are_accepted_after_the_subcommand(tmp_path):
     quiet = run("predict", str(samples), "--csv", "-q")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.count("\n") == 5  # header + 4 faces
     assert "fer-sdk: deep-int8" in run("predict", str(samples), "--csv").stderr
+
+
+def test_dash_reads_one_photo_from_stdin(samples_dir, tmp_path):
+    photo = (samples_dir / "two_faces.jpg").read_bytes()
+    result = CliRunner().invoke(app, ["predict", "--model", "deep-int8", "-", "--json", "--annotate", str(tmp_path)],
+                                input=photo)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["file"] == "-" and len(row["faces"]) == 2
+    assert (tmp_path / "stdin.png").is_file()
+    bad = CliRunner().invoke(app, ["predict", "--model", "deep-int8", "-"], input=b"not an image")
+    assert bad.exit_code == 3 and "<stdin>: not an accepted image" in bad.stdout
