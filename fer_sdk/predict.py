@@ -139,16 +139,20 @@ def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False,
 
 
 def annotate_image(image: np.ndarray, faces) -> np.ndarray:
-    """A BGR copy of ``image`` with a box and "emotion score" label on each face."""
+    """A BGR copy of ``image`` with a box and "emotion score" label on each face, sized by that face (so labels on
+    a group photo do not cover each other), and the five landmarks where the detector gave them."""
     import cv2
 
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
-    thickness = max(1, round(max(out.shape[:2]) / 400))
     for face in faces:
         x, y, w, h = face.box
+        thickness = max(1, round(w / 80))
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 0), thickness)
+        for px, py in face.landmarks or ():
+            cv2.circle(out, (round(px), round(py)), thickness + 1, (0, 200, 255), -1)
         label = f"{face.emotion} {face.score:.2f}"
-        scale = max(0.4, thickness * 0.45)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 1.0, thickness)
+        scale = float(np.clip(w / max(tw, 1), 0.3, 3.0))  # the label spans about the face's width
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         ty = max(y, th + base + 2)
         cv2.rectangle(out, (x, ty - th - base - 2), (x + tw + 2, ty), (0, 200, 0), -1)
