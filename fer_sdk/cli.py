@@ -155,6 +155,9 @@ def predict(
     annotate: Annotated[
         Path | None, typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
     ] = None,
+    save_crops: Annotated[
+        Path | None, typer.Option("--save-crops", help="Save every face as the model saw it cut (PNG) into this folder.")
+    ] = None,
     providers: ProvidersOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per inference call.")] = 64,
     detector: Annotated[
@@ -232,6 +235,7 @@ def predict(
             smooth=smooth,
             summary=summary,
             max_pixels=max_pixels,
+            save_crops=save_crops,
         )
     if outcome.summary and not outcome.failed and not _state["quiet"]:  # a run with errors ends on its error line
         typer.echo(f"fer-sdk: {outcome.summary}", err=True)

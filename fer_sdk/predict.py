@@ -42,9 +42,12 @@ class PhotoResult:
     error: str | None = None
     image: np.ndarray | None = None  # kept only while annotating
     error_code: int = 0  # the failure's FerSdkError.exit_code (0: no error); not part of the output
+    annotated: str | None = None  # the annotated copy written for this photo (--annotate)
 
     def to_dict(self) -> dict:
         out = {"file": self.source, "faces": [f.to_dict() for f in self.faces]}
+        if self.annotated is not None:
+            out["annotated"] = self.annotated
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -180,15 +183,31 @@ def reserved_paths(*inputs: Iterable[Path]) -> set[Path]:
     return {Path(p).resolve() for group in inputs for p in group}
 
 
-def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None = None) -> Path:
+def relative_name(source: str, roots: Iterable[Path] = ()) -> Path:
+    """Where a photo's outputs go under an output folder: its path below the input folder it was found in
+    (``a/x.png`` and ``b/x.png`` stay apart), else its file name."""
+    if source == STDIN:
+        return Path("stdin.png")
+    path = Path(source)
+    for root in roots:
+        try:
+            return path.relative_to(root)
+        except ValueError:
+            continue
+    return Path(path.name)
+
+
+def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None = None,
+                    roots: Iterable[Path] = ()) -> Path:
     """Write ``result``'s photo with its boxes and labels into ``folder``; return the path written.
 
     ``taken`` is the run's set of reserved paths (inputs and earlier outputs). Without one, the photo's
-    own source is reserved, so annotating into the photo's folder writes ``name-2.ext`` beside it.
+    own source is reserved, so annotating into the photo's folder writes ``name-2.ext`` beside it. ``roots``:
+    the input folders; a photo found in one keeps its relative folders under ``folder``.
     """
     import cv2
 
-    target = folder / ("stdin.png" if result.source == STDIN else Path(result.source).name)
+    target = folder / relative_name(result.source, roots)
     ext = target.suffix.lower() if target.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
     if taken is None:
         taken = reserved_paths([Path(result.source)])
@@ -201,19 +220,40 @@ def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None =
     return target
 
 
-CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS, *DETECTION_COLUMNS, "error"]
+def write_crops(result: PhotoResult, classifier, folder: Path, taken: set[Path], roots: Iterable[Path] = ()) -> list[Path]:
+    """Save each face of ``result`` as the classifier cut it (``NAME.face0.png``, ...) under ``folder``."""
+    import cv2
+
+    from .detection import Detection
+
+    base = folder / relative_name(result.source, roots)
+    written = []
+    for i, face in enumerate(result.faces):
+        crop = classifier.crop(result.image, Detection(face.box, face.detection_score, face.landmarks))
+        target = unique_path(base.with_name(f"{base.stem}.face{i}.png"), taken)
+        ok, buf = cv2.imencode(".png", crop)
+        if not ok:
+            raise FerSdkError(f"could not encode face {i} of {result.source}")
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(buf.tobytes())
+        written.append(target)
+    return written
+
+
+CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS, *DETECTION_COLUMNS, "annotated",
+              "error"]
 
 
 def csv_rows(result: PhotoResult) -> Iterator[list]:
     """One row per face; a photo with no face or an error still gets one row (empty face fields)."""
     if result.error is not None or not result.faces:
         yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), *[""] * len(DETECTION_COLUMNS),
-               result.error or ""]
+               result.annotated or "", result.error or ""]
         return
     for i, face in enumerate(result.faces):
         yield [result.source, i, *face.box, face.emotion, f"{face.score:.6f}",
                *(f"{face.emotions[e]:.6f}" for e in EMOTIONS),
-               *("" if v is None else v for v in face.detection_values()), ""]
+               *("" if v is None else v for v in face.detection_values()), result.annotated or "", ""]
 
 
 def render(results: list[PhotoResult], fmt: str) -> str:
@@ -287,6 +327,7 @@ def run_predict(
     smooth: float | None = None,
     summary: Path | None = None,
     max_pixels: int | None = None,
+    save_crops: Path | None = None,
 ) -> RunOutcome:
     """Run the CLI's predict; returns how many inputs it processed and how many failed."""
     from .classifier import Classifier
@@ -296,6 +337,8 @@ def run_predict(
             raise InvalidInputError("--annotate does not work with --ray (results go to Parquet); drop one of them")
         if smooth is not None or summary is not None:
             raise InvalidInputError("--smooth and --summary are for videos, which --ray does not read; drop them")
+        if save_crops is not None:
+            raise InvalidInputError("--save-crops does not work with --ray (results go to Parquet); drop one of them")
         from .ray_batch import run_ray_predict
 
         failed = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
@@ -315,11 +358,15 @@ def run_predict(
             raise InvalidInputError(f"--summary {summary} is also --output; give them different paths")
     if annotate is not None:
         check_output_folder(annotate, option="--annotate")
+    if save_crops is not None:
+        check_output_folder(save_crops, option="--save-crops")
     if not photos and not videos and not results:
         raise InvalidInputError(
             f"no images or videos found in {', '.join(map(str, paths))} (dot files and folders are skipped); "
             f"pass image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos, or folders holding them"
         )
+    if save_crops is not None and videos:
+        raise InvalidInputError("--save-crops applies to photos; these inputs include videos: drop it")
     if (smooth is not None or summary is not None) and photos and not videos:
         raise InvalidInputError("--smooth and --summary apply to videos; these inputs are photos: drop them")
     if photos and videos:
@@ -330,6 +377,7 @@ def run_predict(
     clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
                      min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta,
                      max_pixels=max_pixels)
+    roots = [Path(p) for p in paths if str(p) != STDIN and Path(p).is_dir()]
     # annotated copies never take an input's name, nor the results' or the summary's
     taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
     if videos:
@@ -354,18 +402,20 @@ def run_predict(
         TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), enabled=len(photos) > 1
     ) as bar:
         task = bar.add_task("photos", total=len(photos))
-        for result in predict_photos(clf, photos, keep_images=annotate is not None,
+        for result in predict_photos(clf, photos, keep_images=annotate is not None or save_crops is not None,
                                      progress=lambda: bar.advance(task)):
+            if save_crops is not None and result.error is None:
+                write_crops(result, clf, save_crops, taken, roots)
             if annotate is not None and result.error is None:
                 try:
-                    write_annotated(result, annotate, taken)
+                    result.annotated = str(write_annotated(result, annotate, taken, roots))
                 except OSError as exc:  # a name too long for this file system is this photo's problem only;
                     if exc.errno != errno.ENAMETOOLONG:  # a full disk or a permission is the run's: it stops
                         raise
                     result.error = (f"{result.source}: the annotated copy's name is too long for the file system "
                                     f"({exc.strerror}); rename the photo")
                     result.error_code = FerSdkError.exit_code
-                result.image = None
+            result.image = None
             results.append(result)
     text = render(results, fmt)
     if output is not None:

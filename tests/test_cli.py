@@ -525,7 +525,13 @@ def test_annotate_keeps_same_named_photos_apart(tiny, samples_dir, tmp_path):
         shutil.copy(samples_dir / "astronaut.jpg", tmp_path / "in" / sub / "photo.jpg")
     result = invoke("predict", tmp_path / "in", "--model", tiny, "--annotate", tmp_path / "ann", "--json")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["photo-2.jpg", "photo.jpg"]
+    # the input's relative folders are kept: no flattening into photo.jpg, photo-2.jpg
+    assert sorted(str(p.relative_to(tmp_path / "ann")) for p in (tmp_path / "ann").rglob("*.jpg")) == [
+        "a/photo.jpg", "b/photo.jpg"]
+    one = invoke("predict", tmp_path / "in" / "a" / "photo.jpg", tmp_path / "in" / "b" / "photo.jpg", "--model",
+                 tiny, "--annotate", tmp_path / "flat", "--json")  # files named one by one: names, kept apart
+    assert one.exit_code == 0, one.output
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["photo-2.jpg", "photo.jpg"]
 
 
 def test_annotate_into_the_input_folder_never_overwrites_an_input(tiny, samples_dir, tmp_path):
@@ -654,3 +660,23 @@ def test_dash_reads_one_photo_from_stdin(samples_dir, tmp_path):
     assert (tmp_path / "stdin.png").is_file()
     bad = CliRunner().invoke(app, ["predict", "--model", "deep-int8", "-"], input=b"not an image")
     assert bad.exit_code == 3 and "<stdin>: not an accepted image" in bad.stdout
+
+
+def test_annotate_keeps_relative_folders_records_its_file_and_crops_are_saved(samples_dir, tmp_path):
+    import cv2
+
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+    shutil.copy(samples_dir / "two_faces.jpg", tmp_path / "in" / "a" / "x.jpg")
+    shutil.copy(samples_dir / "grace_hopper.jpg", tmp_path / "in" / "b" / "x.jpg")
+    out, crops = tmp_path / "out", tmp_path / "crops"
+    result = invoke("predict", "--model", "deep-int8", tmp_path / "in", "--json", "--annotate", out,
+                    "--save-crops", crops)
+    assert result.exit_code == 0, result.output
+    rows = {r["file"]: r for r in json.loads(result.stdout)}
+    assert rows[str(tmp_path / "in" / "a" / "x.jpg")]["annotated"] == str(out / "a" / "x.jpg")
+    assert rows[str(tmp_path / "in" / "b" / "x.jpg")]["annotated"] == str(out / "b" / "x.jpg")
+    assert sorted(str(p.relative_to(crops)) for p in crops.rglob("*.png")) == [
+        "a/x.face0.png", "a/x.face1.png", "b/x.face0.png"]
+    crop = cv2.imread(str(crops / "b" / "x.face0.png"))
+    assert crop.shape[0] == crop.shape[1] > 48  # the aligned square, at the photo's resolution
