@@ -115,6 +115,8 @@ class Classifier:
         max_pixels: refuse photos larger than this many pixels (``None``: the loader's default).
         workers: threads ``analyze_many`` decodes and detects on (``None``: all usable cores). The pool lives
             as long as the Classifier (``close()`` or ``with Classifier() as clf:`` ends it sooner).
+        channels: the channel order of color numpy arrays you pass: ``"bgr"`` (OpenCV's, default) or ``"rgb"``
+            (PIL, imageio, matplotlib). Files, bytes and PIL images are always read correctly.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Classifier:
         flip_tta: bool = False,
         max_pixels: int | None = None,
         workers: int | None = None,
+        channels: str = "bgr",
     ) -> None:
         import_onnxruntime()  # DependencyError with the pip command before anything else
         self._batch_size = positive_int("batch_size", batch_size, "64")
@@ -145,6 +148,12 @@ class Classifier:
             raise InvalidInputError(f"align={align!r} must be True or False")
         self._align = bool(align)
         self._workers = positive_int("workers", workers, "2", none_means="all usable cores")
+        if channels not in ("bgr", "rgb"):
+            raise InvalidInputError(
+                f"channels={channels!r} must be 'bgr' (OpenCV's order, the default) or 'rgb' (PIL, imageio, "
+                "matplotlib arrays)"
+            )
+        self._rgb = channels == "rgb"
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         if max_pixels is not None:
@@ -253,7 +262,7 @@ class Classifier:
         )
 
     # ------------------------------------------------------------------ face crops
-    def _chunks(self, faces: Any):
+    def _chunks(self, faces: Any, convert: bool = True):
         """The model's float32 batches for ``faces``, at most ``batch_size`` faces each, converted one at a time
         (so memory is the input plus a few batches, whatever the input's size)."""
         if _is_source(faces):  # one image file / encoded buffer / PIL image holding one face crop
@@ -263,10 +272,12 @@ class Classifier:
             # uint16 is judged on the whole array (its 8-bit-in-16-bit check), empty arrays are checked as given
             if _is_batch(faces) and len(faces) and faces.dtype != np.uint16:
                 for start in range(0, len(faces), self._batch_size):
-                    yield prepare_faces(faces[start : start + self._batch_size], self._prep)
+                    chunk = faces[start : start + self._batch_size]
+                    yield prepare_faces(self._bgr(chunk) if convert else chunk, self._prep)
                 return
-            self._warn_if_photo(faces)
-            yield prepare_faces(faces, self._prep)
+            if convert:
+                self._warn_if_photo(faces)
+            yield prepare_faces(self._bgr(faces) if convert else faces, self._prep)
             return
         if not isinstance(faces, (list, tuple)):
             yield prepare_faces(faces, self._prep)  # raises the accepted-inputs message
@@ -277,13 +288,15 @@ class Classifier:
         for position, item in enumerate(faces):
             if _is_source(item):
                 item = load_image(item, max_pixels=self._max_pixels)
-            if not warned and isinstance(item, np.ndarray) and item.ndim in (2, 3) and not _is_batch(item):
+            elif convert:
+                item = self._bgr(item)
+            if convert and not warned and isinstance(item, np.ndarray) and item.ndim in (2, 3) and not _is_batch(item):
                 warned = self._warn_if_photo(item)
             if isinstance(item, np.ndarray) and _is_batch(plain_array(item, what=f"faces[{position}]")):
                 if pending:
                     yield prepare_faces(pending, self._prep, first_index=first)
                     pending = []
-                yield from self._chunks(item)
+                yield from self._chunks(item, convert)
                 continue
             if not pending:
                 first = position
@@ -293,6 +306,16 @@ class Classifier:
                 pending = []
         if pending:
             yield prepare_faces(pending, self._prep, first_index=first)
+
+    def _bgr(self, value: Any) -> Any:
+        """A color array given as RGB (``channels="rgb"``) turned into BGR; anything else as it is."""
+        if self._rgb and isinstance(value, np.ndarray) and value.ndim in (3, 4) and value.shape[-1] in (3, 4):
+            order = [2, 1, 0] if value.shape[-1] == 3 else [2, 1, 0, 3]
+            return value[..., order]
+        return value
+
+    def _load(self, image: Any) -> np.ndarray:
+        return load_image(self._bgr(image), max_pixels=self._max_pixels)
 
     def _warn_if_photo(self, image: np.ndarray) -> bool:
         """Log a warning when a "face" is far larger than a face crop: most likely a whole photo."""
@@ -342,7 +365,12 @@ class Classifier:
         (N, H, W, 3), uint8 or float, a list of such arrays, or a list of image paths / encoded bytes.
         Faces are converted batch by batch, so a large input costs little more memory than itself.
         """
-        parts = [self._probabilities(batch) for batch in self._chunks(faces)]
+        return self._proba(faces, convert=True)
+
+    def _proba(self, faces: Any, *, convert: bool) -> np.ndarray:
+        """``predict_proba``; ``convert=False`` for the SDK's own crops: BGR whatever ``channels``, and large
+        because they are cut at the photo's resolution (no "is this a photo?" warning)."""
+        parts = [self._probabilities(batch) for batch in self._chunks(faces, convert)]
         parts = [p for p in parts if len(p)]
         if not parts:
             return np.zeros((0, len(EMOTIONS)), np.float32)
@@ -386,7 +414,7 @@ class Classifier:
 
     def detect(self, image: Any) -> list[Detection]:
         """The faces the detector finds in one photo (path, bytes or array), without classifying them."""
-        return detect_faces_batch(self._detector, [load_image(image, max_pixels=self._max_pixels)])[0]
+        return detect_faces_batch(self._detector, [self._load(image)])[0]
 
     def _detect_group(self, images: list[np.ndarray]) -> list[tuple[list[Detection], list[np.ndarray]]]:
         found = detect_faces_batch(self._detector, images)
@@ -396,12 +424,12 @@ class Classifier:
         """``(detections, crops)`` per image; with ``keep_errors`` an image's ``FerSdkError`` takes its place
         (a batch whose detection fails is redone image by image, so one bad photo costs only itself)."""
         if not keep_errors:
-            return self._detect_group([load_image(img, max_pixels=self._max_pixels) for img in images])
+            return self._detect_group([self._load(img) for img in images])
         out: list[Any] = [None] * len(images)
         loaded, where = [], []
         for i, img in enumerate(images):
             try:
-                loaded.append(load_image(img, max_pixels=self._max_pixels))
+                loaded.append(self._load(img))
                 where.append(i)
             except FerSdkError as exc:
                 out[i] = exc
@@ -451,11 +479,11 @@ class Classifier:
 
     def analyze(self, image: Any) -> list[Face]:
         """Detect every face in a photo (path, bytes, or BGR/gray array) and classify them in one batch."""
-        img = load_image(image, max_pixels=self._max_pixels)
+        img = self._load(image)
         ((detections, crops),) = self._detect_group([img])
         if not crops:
             return []
-        return self._faces(detections, self.predict_proba(crops))
+        return self._faces(detections, self._proba(crops, convert=False))
 
     def close(self) -> None:
         """End the ``analyze_many`` thread pool, after the work already handed to it (a later ``analyze_many``
@@ -510,7 +538,7 @@ class Classifier:
                 detected[i::workers] = share
         good = [d for d in detected if not isinstance(d, FerSdkError)]
         crops = [crop for _, photo_crops in good for crop in photo_crops]
-        probs = self.predict_proba(crops) if crops else np.zeros((0, len(EMOTIONS)), np.float32)
+        probs = self._proba(crops, convert=False) if crops else np.zeros((0, len(EMOTIONS)), np.float32)
         results: list[Any] = []
         start = 0
         for item in detected:

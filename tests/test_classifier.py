@@ -410,6 +410,7 @@ def test_pil_images_are_read_as_rgb_and_photos_given_as_faces_warn(tiny_models, 
     caplog.clear()
     with caplog.at_level("WARNING", logger="fer_sdk"):
         clf.predict_proba(np.zeros((48, 48), np.uint8))
+        clf.analyze(cv2.resize(bgr, None, fx=6, fy=6))  # its own large crops are no reason to warn
     assert not caplog.records
 
 
@@ -426,3 +427,19 @@ def test_batchwise_conversion_keeps_whole_input_checks_and_caller_indices(tiny_m
     assert clf.predict_proba(sixteen).shape == (40, 7)
     with pytest.raises(InvalidInputError):
         clf.predict_proba(np.zeros((0, 48, 48, 2), np.uint8))
+
+
+def test_channels_rgb_reads_color_arrays_as_rgb(tiny_models, samples_dir):
+    bgr = cv2.imread(str(samples_dir / "two_faces.jpg"))
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    as_bgr, as_rgb = Classifier(tiny_models.fp32), Classifier(tiny_models.fp32, channels="rgb")
+    want = [list(f.emotions.values()) for f in as_bgr.analyze(bgr)]
+    np.testing.assert_allclose([list(f.emotions.values()) for f in as_rgb.analyze(rgb)], want, atol=1e-6)
+    assert [len(r) for r in as_rgb.analyze_many([rgb, rgb])] == [2, 2]
+    np.testing.assert_allclose(as_rgb.predict_proba(rgb), as_bgr.predict_proba(bgr), atol=1e-6)
+    np.testing.assert_allclose(as_rgb.predict_proba([rgb]), as_bgr.predict_proba([bgr]), atol=1e-6)
+    np.testing.assert_allclose(as_rgb.predict_proba(rgb[None]), as_bgr.predict_proba(bgr[None]), atol=1e-6)
+    # the mistake channels= prevents: RGB read as BGR gives other probabilities
+    assert not np.allclose(as_bgr.predict_proba(rgb), as_bgr.predict_proba(bgr), atol=1e-4)
+    with pytest.raises(InvalidInputError, match="channels="):
+        Classifier(tiny_models.fp32, channels="grb")
