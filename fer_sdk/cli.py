@@ -30,6 +30,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+def _render_flags_as_flags() -> None:
+    """Typer >= 0.2x prints a ``<bool>`` type beside every on/off flag in ``--help``; show flags as flags. Done
+    for this CLI's process only, and left alone on Typer versions without the hook."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_fer_sdk", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._fer_sdk = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_render_flags_as_flags()
 #: Global options accepted anywhere on the command line (``fer-sdk predict x.jpg --debug`` too).
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q", "--version")
 

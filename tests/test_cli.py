@@ -680,3 +680,10 @@ def test_annotate_keeps_relative_folders_records_its_file_and_crops_are_saved(sa
         "a/x.face0.png", "a/x.face1.png", "b/x.face0.png"]
     crop = cv2.imread(str(crops / "b" / "x.face0.png"))
     assert crop.shape[0] == crop.shape[1] > 48  # the aligned square, at the photo's resolution
+
+
+def test_help_renders_flags_without_a_type():
+    text = invoke("predict", "--help").stdout
+    flag_lines = [line for line in text.splitlines() if "--json" in line or "--tta" in line or "--help" in line]
+    assert flag_lines and not any("<bool>" in line for line in flag_lines)
+    assert "<int" in text  # typed options keep their type
