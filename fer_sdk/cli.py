@@ -483,10 +483,39 @@ def bench(
             typer.echo(str(p))
 
 
+@contextlib.contextmanager
+def _native_stderr_to_file(enabled: bool):
+    """Send what native code writes straight to file descriptor 2 (TensorFlow's C++ start-up lines, which no
+    setting silences: they come before absl's logging starts) to a temporary file; replay it if the block
+    fails, so nothing that explains a failure is lost. ``--debug`` leaves stderr alone."""
+    import os
+    import sys
+    import tempfile
+
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _require_train_extra() -> None:
     try:
-        import tensorflow  # noqa: F401
-        import tf2onnx  # noqa: F401
+        with _native_stderr_to_file(not _state["debug"]):
+            import tensorflow  # noqa: F401
+            import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise DependencyError(
             f"training and export need the train extra ({exc.name} is missing): pip install \"fer-sdk[cpu,train]\""

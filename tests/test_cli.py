@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import re
@@ -687,3 +688,17 @@ def test_help_renders_flags_without_a_type():
     flag_lines = [line for line in text.splitlines() if "--json" in line or "--tta" in line or "--help" in line]
     assert flag_lines and not any("<bool>" in line for line in flag_lines)
     assert "<int" in text  # typed options keep their type
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs the train extra")
+def test_tensorflow_start_up_lines_are_hidden_unless_debug(tmp_path):
+    exe = Path(sys.executable).with_name("fer-sdk")
+    if not exe.is_file():
+        pytest.skip("the fer-sdk console script is not installed beside this Python")
+    (tmp_path / "run").mkdir()
+    args = [str(exe), "export", str(tmp_path / "run"), "--out", str(tmp_path / "x.onnx"), "--data", str(FER_CSV)]
+    quiet = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert quiet.returncode != 0 and quiet.stderr.strip().splitlines() == [
+        line for line in quiet.stderr.strip().splitlines() if line.startswith("fer-sdk: error:")], quiet.stderr
+    loud = subprocess.run([*args, "--debug"], capture_output=True, text=True, timeout=300, check=False)
+    assert "absl" in loud.stderr or "cuda" in loud.stderr.lower() or "Traceback" in loud.stderr
