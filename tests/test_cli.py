@@ -98,7 +98,9 @@ def test_predict_table_lists_each_photo(tiny, samples_dir):
     assert result.exit_code == 0, result.output
     for name in SAMPLES:
         assert name in result.stdout
-    assert "Traceback" not in result.output and not stderr_lines(result)
+    assert "Traceback" not in result.output
+    (summary,) = stderr_lines(result)  # stderr holds only the closing summary line
+    assert summary.startswith("fer-sdk: ") and "3 photo(s), 4 face(s)" in summary
 
     for name in SAMPLES[:2]:
         single = invoke("predict", "--model", tiny, samples_dir / name)
