@@ -85,6 +85,13 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return photos, videos, missing
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system: collect_inputs reported it
+        return False
+
+
 def _visible_files(folder: Path) -> list[Path]:
     """Files under ``folder``, sorted; dot files and dot folders (``.git``, macOS ``._photo.jpg`` sidecars) are
     skipped without being walked."""
@@ -377,7 +384,7 @@ def run_predict(
     clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
                      min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta,
                      max_pixels=max_pixels)
-    roots = [Path(p) for p in paths if str(p) != STDIN and Path(p).is_dir()]
+    roots = [Path(p) for p in paths if str(p) != STDIN and _is_dir(Path(p))]
     # annotated copies never take an input's name, nor the results' or the summary's
     taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
     if videos:
