@@ -180,7 +180,6 @@ def measure_photos(
         "peer": None if peer_fn is None else f"fer {peer_fn[1]} (FER().detect_emotions, Haar + TFLite CNN)",
         "threads": "ONNX Runtime default (classifier), 1 per detecting thread (YuNet)",
         "items": rows,
-        "samples_photos_per_s": None,
         "quick": quick,
         "note": (
             ("Quick run: two sizes, one repetition. " if quick else "")

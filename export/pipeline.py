@@ -35,6 +35,12 @@ def int8_path(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.stem}-int8{out.suffix or '.onnx'}")
 
 
+def calibration_pick(faces: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """The INT8 calibration faces: ``size`` of ``faces`` drawn without replacement with ``seed``, in file order."""
+    pick = np.random.default_rng(seed).choice(len(faces), size=min(size, len(faces)), replace=False)
+    return faces[np.sort(pick)]
+
+
 def export_model(
     source,
     out,
@@ -82,10 +88,9 @@ def export_model(
     if int8:
         from .quantize import quantize_int8
 
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(x_cal), size=min(calibration_size, len(x_cal)), replace=False)
-        log(f"calibrating INT8 on {len(pick)} {cal_name} faces; evaluating on {len(x_eval)} {eval_name} faces")
-        quantize_int8(out, int8_path(out), calibration_faces=x_cal[np.sort(pick)],
+        calibration_faces = calibration_pick(x_cal, calibration_size, seed)
+        log(f"calibrating INT8 on {len(calibration_faces)} {cal_name} faces; evaluating on {len(x_eval)} {eval_name} faces")
+        quantize_int8(out, int8_path(out), calibration_faces=calibration_faces,
                       eval_faces=x_eval, eval_labels=y_eval, log=log)
         written.append(int8_path(out))
     return written

@@ -362,14 +362,13 @@ def _build_ensembles(manifest: dict, models_dir: Path, ensembles: dict, data: Pa
 
 
 def requantize(archs: list[str], data: Path, *, models_dir: Path | None = None, seed: int = 0,
-               calibration_size: int = 1000, log=print) -> dict:
+               calibration_size: int | None = None, log=print) -> dict:
     """Quantize the bundled fp32 models ``archs`` to INT8 again (calibration as ``fer-sdk export`` picks it:
-    ``calibration_size`` Training faces drawn with ``seed``), re-card them, and rebuild the bundled ensembles
-    that average them. Their training lineage is kept from the existing cards."""
-    import numpy as np
-
+    ``calibration_size`` Training faces, default 1,000, drawn with ``seed``), re-card them, and rebuild the
+    bundled ensembles that average them. Their training lineage is kept from the existing cards."""
     from fer_sdk.data import load_split
 
+    from .pipeline import DEFAULT_CALIBRATION_FACES, calibration_pick
     from .quantize import quantize_int8
 
     models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
@@ -381,10 +380,10 @@ def requantize(archs: list[str], data: Path, *, models_dir: Path | None = None, 
     ensembles = _plan_ensembles(manifest, models_dir, dict.fromkeys(archs), {}, log)
     public = load_split(data, "PublicTest")
     x_train, _ = load_split(data, "Training")
-    pick = np.random.default_rng(seed).choice(len(x_train), size=min(calibration_size, len(x_train)), replace=False)
+    calibration_faces = calibration_pick(x_train, calibration_size or DEFAULT_CALIBRATION_FACES, seed)
     for arch in archs:
         out = models_dir / f"{arch}-int8.onnx"
-        quantize_int8(models_dir / manifest["models"][arch]["file"], out, calibration_faces=x_train[np.sort(pick)],
+        quantize_int8(models_dir / manifest["models"][arch]["file"], out, calibration_faces=calibration_faces,
                       eval_faces=public[0], eval_labels=public[1], log=log)
         old = json.loads((models_dir / manifest["models"][arch]["card"]).read_text())
         extra = {"architecture": old["architecture"], "parameters": old["parameters"], "training": old.get("training")}

@@ -26,7 +26,7 @@ from .detect import HaarDetector, detect_faces_batch, get_detector
 from .detection import LANDMARKS, Detection
 from .errors import FerSdkError, InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
-from .images import load_image, plain_array
+from .images import is_pil_image, load_image, plain_array
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
 from .registry import ModelSpec
 from .runtime import (
@@ -44,7 +44,7 @@ _SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike)
 
 def _is_source(value: Any) -> bool:
     """A path, encoded bytes or a PIL image: something ``load_image`` turns into an array."""
-    return isinstance(value, _SOURCE_TYPES) or type(value).__module__.startswith("PIL.")
+    return isinstance(value, _SOURCE_TYPES) or is_pil_image(value)
 
 
 logger = logging.getLogger("fer_sdk")
@@ -328,10 +328,6 @@ class Classifier:
         )
         return True
 
-    def _input_shape(self) -> tuple[int, int, int]:
-        spec = self._metadata["input"]
-        return int(spec["height"]), int(spec["width"]), int(spec.get("channels", 1))
-
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = np.empty((len(batch), len(EMOTIONS)), np.float32)
         for start in range(0, len(batch), self._batch_size):
@@ -517,7 +513,7 @@ class Classifier:
         if on_error not in ("raise", "skip", "return"):
             raise InvalidInputError(f"on_error={on_error!r} must be 'raise', 'skip' or 'return'")
         keep = on_error != "raise"
-        if isinstance(images, (*_SOURCE_TYPES, np.ndarray)):
+        if isinstance(images, np.ndarray) or _is_source(images):
             raise InvalidInputError(
                 f"analyze_many expects a list of images, got one {type(images).__name__}; use analyze(image) or "
                 "analyze_many([image])"

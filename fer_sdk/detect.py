@@ -23,6 +23,7 @@ import numpy as np
 from .detection import Box, Detection, normalize_boxes
 from .errors import DependencyError, InvalidInputError, ModelError
 from .images import as_image
+from .registry import REINSTALL, read_verified_file
 from .yunet import YuNetDetector
 
 #: Names ``get_detector`` accepts, the first is the default.
@@ -34,7 +35,6 @@ _OPENCV_FIX = (
     'Fix: pip install "opencv-python-headless>=4.9,<5" (OpenCV 5 wheels no longer ship the Haar cascades).'
 )
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-_REINSTALL = 'reinstall fer-sdk (pip install --force-reinstall "fer-sdk[cpu]")'
 
 
 @runtime_checkable
@@ -205,24 +205,15 @@ def detect_faces_batch(detector, images: list[np.ndarray]) -> list[list[Detectio
 
 def bundled_yunet(**options) -> YuNetDetector:
     """The YuNet file shipped in ``models/detectors`` (sha256 checked on the bytes it loads from)."""
-    import hashlib
     import json
 
-    manifest_path = DETECTORS_DIR / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        entry = manifest["detectors"]["yunet"]
-        path = DETECTORS_DIR / entry["file"]
-        data = path.read_bytes()
+        entry = json.loads((DETECTORS_DIR / "manifest.json").read_text(encoding="utf-8"))["detectors"]["yunet"]
+        file, sha256 = str(entry["file"]), str(entry["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"the bundled face detector is missing or unreadable ({exc}); {_REINSTALL}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != str(entry.get("sha256", "")).lower():
-        raise ModelError(
-            f"sha256 mismatch for {path}: expected {entry.get('sha256')}, got {actual}; the file is corrupt or was "
-            f"modified, {_REINSTALL}"
-        )
-    return YuNetDetector(data, name=f"yunet ({entry['file']})", **options)
+        raise ModelError(f"the bundled face detector is missing or unreadable ({exc}); {REINSTALL}") from None
+    data = read_verified_file(DETECTORS_DIR / file, sha256, what="bundled face detector")
+    return YuNetDetector(data, name=f"yunet ({file})", **options)
 
 
 def get_detector(spec=None, *, min_score: float | None = None, min_face: int | None = None) -> FaceDetector:

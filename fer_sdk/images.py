@@ -55,7 +55,7 @@ def load_image(src, *, max_pixels: int | None = None) -> np.ndarray:
     limit = _check_max_pixels(max_pixels)
     if isinstance(src, np.ndarray):
         return as_image(src)
-    if _is_pil(src):
+    if is_pil_image(src):
         return from_pil(src)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
@@ -107,7 +107,8 @@ def decode_image(data: bytes, *, source: str = "image bytes", max_pixels: int | 
     return as_image(image, what=source, decoded=True)
 
 
-def _is_pil(value) -> bool:
+def is_pil_image(value) -> bool:
+    """A PIL image (recognised without importing PIL)."""
     return type(value).__module__.startswith("PIL.") and hasattr(value, "convert") and hasattr(value, "mode")
 
 

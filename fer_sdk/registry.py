@@ -23,7 +23,7 @@ MODELS_DIR: Path = Path(__file__).resolve().parent / "models"
 MANIFEST_NAME = "manifest.json"
 
 _CHUNK = 1 << 20
-_REINSTALL = 'reinstall fer-sdk (pip install --force-reinstall "fer-sdk[cpu]")'
+REINSTALL = 'reinstall fer-sdk (pip install --force-reinstall "fer-sdk[cpu]")'
 
 
 def models_dir() -> Path:
@@ -92,20 +92,20 @@ def _read_manifest() -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise ModelError(f"cannot read the model manifest {path}: {err}; {_REINSTALL}") from err
+        raise ModelError(f"cannot read the model manifest {path}: {err}; {REINSTALL}") from err
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ModelError(f"the model manifest {path} is not valid JSON ({err}); {_REINSTALL}") from err
+        raise ModelError(f"the model manifest {path} is not valid JSON ({err}); {REINSTALL}") from err
     if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
-        raise ModelError(f"the model manifest {path} has no 'models' object; {_REINSTALL}")
+        raise ModelError(f"the model manifest {path} has no 'models' object; {REINSTALL}")
     return manifest
 
 
 def _spec(name: str, entry: Any) -> ModelSpec:
     if not isinstance(entry, dict):
         raise ModelError(
-            f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is not an object; {_REINSTALL}"
+            f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is not an object; {REINSTALL}"
         )
     try:
         return ModelSpec(
@@ -121,7 +121,7 @@ def _spec(name: str, entry: Any) -> ModelSpec:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(
-            f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is malformed ({err!r}); {_REINSTALL}"
+            f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is malformed ({err!r}); {REINSTALL}"
         ) from err
 
 
@@ -171,7 +171,7 @@ def default_model_name() -> str:
     if default not in manifest["models"]:
         raise ModelError(
             f"the model manifest {models_dir() / MANIFEST_NAME} names default {default!r}, which it does not "
-            f"list; {_REINSTALL}"
+            f"list; {REINSTALL}"
         )
     return default
 
@@ -185,39 +185,33 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: str | os.PathLike, expected: str) -> None:
-    """Raise ``ModelError`` naming the file, both digests and the fix when ``path`` does not hash to ``expected``."""
+def read_verified_file(path: str | os.PathLike, expected: str, *, what: str = "bundled model") -> bytes:
+    """The bytes of ``path``, checked against ``expected`` sha256; ``ModelError`` naming the file, both digests
+    and the fix otherwise. Load these very bytes, so a file swapped after the check cannot be the one that runs."""
     path = Path(path)
-    try:
-        actual = sha256_file(path)
-    except FileNotFoundError:
-        raise ModelError(f"bundled model file {path} is missing; {_REINSTALL}") from None
-    except OSError as err:
-        raise ModelError(f"bundled model {path} cannot be read ({err}); {_REINSTALL}") from None
-    if actual != expected.lower():
-        raise ModelError(
-            f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}; the file is corrupt or "
-            f"was modified, {_REINSTALL}"
-        )
-
-
-def read_verified(spec: ModelSpec) -> bytes:
-    """The bytes of a bundled model, checked against its manifest sha256: load these very bytes, so a file
-    swapped after the check cannot be the one that runs."""
-    path = spec.path
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ModelError(f"bundled model file {path} is missing; {_REINSTALL}") from None
+        raise ModelError(f"{what} file {path} is missing; {REINSTALL}") from None
     except OSError as err:
-        raise ModelError(f"bundled model {path} cannot be read ({err}); {_REINSTALL}") from None
+        raise ModelError(f"{what} {path} cannot be read ({err}); {REINSTALL}") from None
     actual = hashlib.sha256(data).hexdigest()
-    if actual != spec.sha256.lower():
+    if actual != str(expected).lower():
         raise ModelError(
-            f"sha256 mismatch for {path}: expected {spec.sha256.lower()}, got {actual}; the file is corrupt or "
-            f"was modified, {_REINSTALL}"
+            f"sha256 mismatch for {path}: expected {str(expected).lower()}, got {actual}; the file is corrupt or "
+            f"was modified, {REINSTALL}"
         )
     return data
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise ``ModelError`` naming the file, both digests and the fix when ``path`` does not hash to ``expected``."""
+    read_verified_file(path, expected)
+
+
+def read_verified(spec: ModelSpec) -> bytes:
+    """The bytes of a bundled model, checked against its manifest sha256 (see :func:`read_verified_file`)."""
+    return read_verified_file(spec.path, spec.sha256)
 
 
 def _is_name(model: object) -> bool:
@@ -240,7 +234,7 @@ def resolve_model(model: str | os.PathLike, *, verify: bool = True) -> tuple[Pat
         if verify:
             verify_sha256(spec.path, spec.sha256)
         elif not spec.path.is_file():
-            raise ModelError(f"bundled model file {spec.path} is missing; {_REINSTALL}")
+            raise ModelError(f"bundled model file {spec.path} is missing; {REINSTALL}")
         return spec.path, spec
     if not isinstance(model, (str, os.PathLike)):
         raise ModelError(

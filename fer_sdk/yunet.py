@@ -254,7 +254,7 @@ def _padded(shape: tuple[int, int]) -> tuple[int, int]:
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, top_k: int) -> list[int]:
     """Greedy non-maximum suppression on ``(x, y, w, h)`` boxes; indices kept, best score first."""
-    order = np.argsort(-scores, kind="stable")[: max(top_k * 4, top_k)]
+    order = np.argsort(-scores, kind="stable")[: top_k * 4]  # the best candidates; NMS keeps top_k of them
     x0, y0 = boxes[:, 0], boxes[:, 1]
     x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
     area = boxes[:, 2] * boxes[:, 3]
