@@ -206,6 +206,7 @@ class Classifier:
         self._output_name = self._metadata["output"].get("name", "probabilities")
 
         self._framing = Framing.from_metadata(self._metadata, source)
+        self._model_version: str | None = None
         # Detectors from get_detector are thread-safe (ONNX Runtime sessions; one OpenCV object per thread).
         self._detector = get_detector(detector, min_score=min_score, min_face=min_face)
 
@@ -228,6 +229,27 @@ class Classifier:
     @property
     def model_path(self) -> Path | None:
         return self._model_path
+
+    @property
+    def model_name(self) -> str:
+        """What result rows call the model: the bundled name (``"deep-int8"``), else the file's name."""
+        return self._name
+
+    @property
+    def model_version(self) -> str | None:
+        """Which build of the model ran: the fer-sdk release for a bundled model (they change only with a
+        version bump), else ``"sha256:"`` and the first 12 hex digits of the file's sha256; ``None`` for an
+        injected session without a file."""
+        if self._model_version is None:
+            if self._spec is not None:
+                from . import __version__
+
+                self._model_version = __version__
+            elif self._model_path is not None and self._model_path.is_file():
+                from .registry import sha256_file
+
+                self._model_version = "sha256:" + sha256_file(self._model_path)[:12]
+        return self._model_version
 
     @property
     def spec(self) -> ModelSpec | None:

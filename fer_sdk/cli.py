@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 other SDK or file-system error; 2 invalid input or usage; 3 invalid image; 4 model error;
 5 dataset error; 6 missing dependency; 8 some inputs of a batch failed (the others were processed; when
-every input fails, the exit code is theirs; with ``--ray``, always 8); 130 interrupted.
+every input fails, the exit code is theirs; with ``--ray``, always 8); 130 interrupted; 141 the reader of
+stdout went away (``| head``).
 ``--debug`` shows the traceback instead of the one-line message.
 """
 
@@ -19,6 +20,7 @@ import typer
 
 from .errors import DependencyError, FerSdkError, InvalidInputError
 from .export.config import ARCHITECTURES, AUGMENT_LEVELS, CLASS_WEIGHTINGS, OPTIMIZERS, PRECISIONS
+from .rows import FORMATS
 
 PARTIAL_FAILURE_EXIT = 8
 
@@ -108,6 +110,13 @@ def _errors():
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # `fer-sdk predict ... | head`: the reader has all it wanted; stop quietly, as SIGPIPE would
+        import os
+        import sys
+
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        raise typer.Exit(141) from None
     except Exception as exc:  # noqa: BLE001  (last resort: one line instead of a traceback; --debug shows it)
         if _state["debug"]:
             traceback.print_exc()
@@ -118,17 +127,12 @@ def _errors():
         raise typer.Exit(1) from None
 
 
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     """A str Enum for Typer whose members are ``values``: the recipe's own tuples, so the CLI cannot drift."""
     return Enum(name, [(v, v) for v in values], type=str)
 
 
+OutputFormat = _choices("OutputFormat", FORMATS)
 Arch = _choices("Arch", ARCHITECTURES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 ClassWeighting = _choices("ClassWeighting", CLASS_WEIGHTINGS)
@@ -166,8 +170,14 @@ def _default_model() -> str:
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or video files.")],
     model: ModelOpt = "",
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (one object per input).")] = False,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV rows: one per face; a photo with no face or an error gets one row.")] = False,
+    fmt: Annotated[
+        OutputFormat | None, typer.Option(
+            "--format", "-f", help="table (for people), json (one array), jsonl (one object per line) or csv. Every "
+            "format has the same rows: one per face (per frame for videos); an input with no face or an error gets "
+            "one row.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Same as --format csv.")] = False,
     annotate: Annotated[
         Path | None, typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
     ] = None,
@@ -224,17 +234,17 @@ def predict(
     ] = None,
 ) -> None:
     """Detect faces in photos (or videos) and classify their expressions."""
-    if json_out and csv_out:
-        _err("choose one of --json and --csv")
+    chosen = {f for f, on in ((fmt.value if fmt else None, fmt is not None), ("json", json_out), ("csv", csv_out)) if on}
+    if len(chosen) > 1:
+        _err(f"choose one output format; got {', '.join(sorted(chosen))} (--format, --json and --csv)")
         raise typer.Exit(2)
-    fmt = OutputFormat.json if json_out else OutputFormat.csv if csv_out else OutputFormat.table
     with _errors():
-        from .predict import run_predict
+        from .cli_predict import run_predict
 
         outcome = run_predict(
             paths,
             model=model or _default_model(),
-            fmt=fmt.value,
+            fmt=chosen.pop() if chosen else "table",
             annotate=annotate,
             providers=_providers(providers),
             batch_size=batch_size,

@@ -12,12 +12,11 @@ as the single-process ``fer-sdk predict`` does, so the results are the same. Bad
 an ``error`` message, never a failed job. :func:`run_ray_predict` is ``fer-sdk predict --ray``.
 
 Ray is imported only inside the functions that need it (``pip install "fer-sdk[ray]"``);
-``FerPredictor`` itself needs no Ray and can be called on a plain dict of numpy arrays.
+``FerPredictor`` itself needs no Ray (only pyarrow) and can be called on a plain dict of numpy arrays.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -30,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from .errors import DependencyError, FerSdkError, InvalidImageError, InvalidInputError
-from .predict import analyze_each
+from .photos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, analyze_each
+from .rows import ROW_FIELDS, arrow_schema, empty_row, face_row
 
 _INSTALL_HINT = 'pip install "fer-sdk[ray]"'
-#: Columns ``FerPredictor`` writes; every other input column except ``bytes`` is passed through.
-RESULT_COLUMNS = ("path", "n_faces", "faces", "emotion", "error")
+#: Columns ``FerPredictor`` writes (``fer_sdk.rows.ROW_FIELDS``); every other input column except ``bytes`` and
+#: ``path`` (which becomes ``source``) is passed through, repeated on each face's row.
+RESULT_COLUMNS = ROW_FIELDS
 _ERRORS_SHOWN = 5
 # Reading and writing files is I/O: those tasks ask for no CPU, so actors may take every CPU of the cluster
 # (with the default 1 CPU per task, `concurrency` equal to the CPU count starves the reads and hangs).
@@ -61,11 +62,10 @@ class FerPredictor:
     """Callable class for ``ray.data.Dataset.map_batches(FerPredictor, batch_format="numpy", ...)``.
 
     Input batch: a ``bytes`` column (encoded images; ``None`` rows are read from ``path``) and/or a ``path``
-    column (local paths or ``pyarrow.fs`` URIs such as ``s3://``). Output batch: ``path``; ``n_faces``
-    (int32); ``faces``, a JSON list of ``Face.to_dict()`` (box, emotion, score, emotions, detection_score,
-    landmarks), sorted like
-    ``Classifier.analyze``; ``emotion``, the top emotion of the largest face ("" when none); ``error``
-    ("" when fine). Other input columns (ids, labels) are passed through unchanged.
+    column (local paths or ``pyarrow.fs`` URIs such as ``s3://``). Output: a ``pyarrow.Table`` with the rows
+    every pipeline writes (``fer_sdk.rows.ROW_FIELDS``): one per face, in ``Classifier.analyze``'s order, and one
+    for a photo without faces or one that failed (``error`` set); ``source`` is the input's ``path`` (or
+    ``"image bytes"``). Other input columns (ids, labels) are passed through, repeated on each face's row.
 
     The keyword arguments are ``Classifier``'s; ``threads`` (default 1, matching ``num_cpus=1`` per actor)
     also sets how many threads detect faces.
@@ -123,7 +123,7 @@ class FerPredictor:
             ) from None
         return decode_image(data, source=path, max_pixels=limit)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         if "bytes" not in batch and "path" not in batch:
             raise InvalidInputError(
                 f"FerPredictor needs a 'bytes' or 'path' column; the batch has {sorted(batch)}"
@@ -144,16 +144,31 @@ class FerPredictor:
             faces[i] = found
             if error is not None:
                 errors[i] = f"{paths[i] or 'image bytes'}: {error}"
-        out = {k: v for k, v in batch.items() if k != "bytes" and k not in RESULT_COLUMNS}
-        out["path"] = np.array(paths, dtype=object)
-        out["n_faces"] = np.array([len(f) for f in faces], dtype=np.int32)
-        out["faces"] = np.array([json.dumps([face.to_dict() for face in f]) for f in faces], dtype=object)
-        out["emotion"] = np.array(
-            [max(f, key=lambda face: face.box[2] * face.box[3]).emotion if f else "" for f in faces],
-            dtype=object,
-        )
-        out["error"] = np.array(errors, dtype=object)
-        return out
+        named = {"model": self.classifier.model_name, "model_version": self.classifier.model_version}
+        rows, owner = [], []  # owner: the input row each output row comes from
+        for i in range(n):
+            source = paths[i] or "image bytes"
+            if errors[i] or not faces[i]:
+                rows.append(empty_row(source, error=errors[i] or None, **named))
+                owner.append(i)
+            for k, face in enumerate([] if errors[i] else faces[i]):
+                rows.append(face_row(source, k, face, **named))
+                owner.append(i)
+        return _rows_table(rows, {k: v for k, v in batch.items() if k not in ("bytes", "path", *ROW_FIELDS)}, owner)
+
+
+def _rows_table(rows: list[dict], passthrough: dict[str, Any], owner: list[int]):
+    """The rows as a ``pyarrow.Table`` with ``fer_sdk.rows.arrow_schema()``, then the passed-through columns."""
+    import pyarrow as pa
+
+    schema = arrow_schema()
+    columns = [pa.array([r[f.name] for r in rows], type=f.type) for f in schema]
+    table = pa.Table.from_arrays(columns, schema=schema)
+    take = np.asarray(owner, dtype=np.int64)
+    for name, values in passthrough.items():
+        picked = np.asarray(values)[take] if len(take) else np.asarray(values)[:0]
+        table = table.append_column(name, pa.array(list(picked)))
+    return table
 
 
 def predict_dataset(
@@ -215,8 +230,6 @@ def _folder_kind(folder: Path, image_extensions) -> str | None:
 
 
 def _split_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
-    from .predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
     kinds: dict[str, list[str]] = {"folders": [], "files": [], "parquet": [], "missing": []}
     for raw in paths:
         text = os.fspath(raw)
@@ -320,7 +333,7 @@ def _check_model(model, *, local: bool):
 
 
 def _summarize(folder: str, *, local: bool) -> tuple[int, int, list[str]]:
-    """(rows, faces, error messages) read back from the Parquet just written (two small columns)."""
+    """(images, faces, error messages) read back from the Parquet just written (three small columns)."""
     import pyarrow.dataset as pads
 
     if local and not any(Path(folder).glob("*.parquet")):
@@ -329,10 +342,11 @@ def _summarize(folder: str, *, local: bool) -> tuple[int, int, list[str]]:
             "their own disks. Fix: pass an --output on storage every node mounts at the same path, or a URI "
             "(s3://..., gs://...)"
         )
-    table = pads.dataset(folder, format="parquet").to_table(columns=["n_faces", "error"])
+    table = pads.dataset(folder, format="parquet").to_table(columns=["source", "face", "error"])
     errors = [e for e in table.column("error").to_pylist() if e]
-    faces = int(sum(v or 0 for v in table.column("n_faces").to_pylist()))
-    return table.num_rows, faces, errors
+    faces = sum(v is not None for v in table.column("face").to_pylist())
+    images = sum(v in (None, 0) for v in table.column("face").to_pylist())  # each input's first row
+    return images, faces, errors
 
 
 def run_ray_predict(

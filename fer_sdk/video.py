@@ -7,17 +7,14 @@ from flickering; :class:`VideoSummary` collects per-video totals (``--summary FI
 
 Frames are read and processed in chunks (``FRAMES_PER_CHUNK`` sampled frames at a time: detection on a
 thread pool, all their faces in shared inference batches), so memory stays flat however long the video.
-Rows go out as they are produced: CSV, or JSON Lines with ``fmt="json"``. With ``output=`` the file is
-written to a temporary name and renamed when the video is done; with ``annotate=`` an annotated copy of
-the video (every sampled frame, boxes and labels drawn) is written the same way.
+Rows (``fer_sdk.rows``, the schema photos and Ray share) go out as they are produced; with ``annotate=`` an
+annotated copy of the video (every sampled frame, boxes and labels drawn) is written to a temporary name and
+renamed when the video is done.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -26,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from .constants import EMOTIONS
-from .detection import DETECTION_COLUMNS
 from .errors import FerSdkError, InvalidImageError, InvalidInputError
 from .io import atomic_path
+from .photos import annotate_image, reserved_paths, unique_path
+from .rows import face_row
 
 FRAMES_PER_CHUNK = 32
-ROW_FIELDS = ["video", "frame", "time_s", "face", "track", "x", "y", "w", "h", "emotion", "score", *EMOTIONS,
-              *DETECTION_COLUMNS]
 #: Frame rate assumed for a video whose file states none (annotated copies, smoothing windows, track expiry).
 ASSUMED_FPS = 25.0
 #: A track not matched for this long ends; a face seen again later gets a new id.
@@ -210,15 +206,18 @@ def native_fps(cap) -> float:
 
 def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | None = None,
                      on_frames=None, on_annotated=None, smooth: float | None = None,
-                     summary: VideoSummary | None = None) -> Iterator[dict]:
-    """Yield one row per face (dicts with ``ROW_FIELDS``) of the sampled frames of ``path``.
+                     summary: VideoSummary | None = None, annotated: str | None = None) -> Iterator[dict]:
+    """Yield one ``fer_sdk.rows`` row per face of the sampled frames of ``path``.
 
     ``smooth``: seconds of each track's history its probabilities are averaged over (``None``: per frame).
+    ``annotated``: the annotated copy's path, recorded in each row.
     """
     smoother = None if smooth is None else Smoother(smooth)
     tracker = FaceTracker()
     from .images import DEFAULT_MAX_PIXELS
 
+    model = getattr(classifier, "model_name", None)
+    version = getattr(classifier, "model_version", None)
     limit = getattr(classifier, "max_pixels", None) or DEFAULT_MAX_PIXELS
     cap = _open(path, limit)
     try:
@@ -258,119 +257,63 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
                     probs = np.array([face.emotions[e] for e in EMOTIONS])
                     if smoother is not None:
                         probs = smoother.update(track, now, probs)
-                    top = int(probs.argmax())
                     if summary is not None:
-                        summary.add(track, now, EMOTIONS[top], probs)
-                    yield {
-                        "video": str(path), "frame": frame_no, "time_s": t, "face": i, "track": track,
-                        "x": face.box[0], "y": face.box[1], "w": face.box[2], "h": face.box[3],
-                        "emotion": EMOTIONS[top], "score": round(float(probs[top]), 6),
-                        **{e: round(float(p), 6) for e, p in zip(EMOTIONS, probs)},
-                        **dict(zip(DETECTION_COLUMNS, face.detection_values())),
-                    }
+                        summary.add(track, now, EMOTIONS[int(probs.argmax())], probs)
+                    yield face_row(str(path), i, face, model=model, model_version=version, probabilities=probs,
+                                   frame=frame_no, time_s=t, track=track, annotated=annotated)
             if len(frames) < chunk and not ok:
                 return
     finally:
         cap.release()
 
 
-def predict_videos(classifier, videos: list[Path], *, every: int = 1, fps: float | None = None,
-                   fmt: str = "csv", output: Path | None = None, annotate: Path | None = None,
-                   taken: set[Path] | None = None, smooth: float | None = None,
-                   summary: Path | None = None) -> list[int]:
-    """Classify the faces of every video; returns the exit codes of the videos that failed (each reported on
-    stderr), so ``[]`` when all were processed.
+def video_rows(classifier, path: Path, *, every: int = 1, fps: float | None = None, annotate: Path | None = None,
+               taken: set[Path] | None = None, smooth: float | None = None, summary: VideoSummary | None = None,
+               progress=None) -> Iterator[dict]:
+    """Rows of one video (see :func:`iter_video_faces`); with ``annotate`` (a folder) also its annotated copy,
+    ``NAME.annotated.mp4``, written to a temporary name and renamed when the video is done (never on failure).
 
-    ``taken``: resolved paths annotated videos must not take (the inputs, earlier outputs); two videos with
-    the same name in different folders get ``clip.annotated.mp4`` and ``clip.annotated-2.mp4``.
-    ``summary``: write a JSON list with one :class:`VideoSummary` per processed video there (atomically).
-    When no video could be processed, neither ``output`` nor ``summary`` is written: earlier files stay.
+    ``taken``: resolved paths the copy must not take (the inputs, earlier outputs); two videos with the same name
+    in different folders get ``clip.annotated.mp4`` and ``clip.annotated-2.mp4``. ``progress``: a
+    ``rich.progress.Progress`` to show this video's frames on. Raises ``FerSdkError`` when the video fails.
     """
-    from .predict import reserved_paths
+    import cv2
 
-    failed: list[int] = []
-    summaries: list[dict] = []
     if smooth is not None:
         Smoother(smooth)  # validate before any work
-    json_lines = fmt == "json"
-    if taken is None:
-        taken = reserved_paths(videos)
-    try:
-        _write_videos(classifier, videos, every=every, fps=fps, json_lines=json_lines, output=output,
-                      annotate=annotate, taken=taken, smooth=smooth, failed=failed, summaries=summaries)
-    except _NothingWritten:
-        pass  # every video failed: an earlier output file stays as it was
-    if summary is not None and summaries:
-        from .io import atomic_write_json
+    cap = _open(path, getattr(classifier, "max_pixels", None))
+    total = int(cap.get(7) or 0)  # cv2.CAP_PROP_FRAME_COUNT
+    size = (int(cap.get(3)), int(cap.get(4)))
+    native = native_fps(cap) or ASSUMED_FPS
+    cap.release()
+    on_frames = None
+    if progress is not None:
+        task = progress.add_task(f"frames of {path.name}", total=total or None)
 
-        atomic_write_json(summary, summaries)
-    return failed
-
-
-class _NothingWritten(Exception):
-    """Raised inside the output's atomic write to discard it when no video could be processed."""
-
-
-def _write_videos(classifier, videos, *, every, fps, json_lines, output, annotate, taken, smooth, failed,
-                  summaries) -> None:
-    import cv2
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from .predict import annotate_image, unique_path
-    from .progress import bar as progress_bar
+        def on_frames(n, _task=task):
+            progress.advance(_task, n)
 
     with ExitStack() as stack:
-        if output is not None:
-            tmp = stack.enter_context(atomic_path(output))
-            sink = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape"))
-        else:
-            sink = sys.stdout
-        writer = None if json_lines else csv.DictWriter(sink, fieldnames=ROW_FIELDS, lineterminator="\n")
-        if writer is not None:
-            writer.writeheader()
-        progress = stack.enter_context(progress_bar(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        ))
-        for path in videos:
-            try:
-                cap = _open(path, getattr(classifier, "max_pixels", None))
-                total = int(cap.get(7) or 0)  # cv2.CAP_PROP_FRAME_COUNT
-                size = (int(cap.get(3)), int(cap.get(4)))
-                native = native_fps(cap) or ASSUMED_FPS
-                cap.release()
-                task = progress.add_task(f"frames of {path.name}", total=total or None)
-                with ExitStack() as per_video:
-                    on_annotated = None
-                    if annotate is not None:
-                        target = unique_path(Path(annotate) / f"{path.stem}.annotated.mp4", taken)
-                        vtmp = per_video.enter_context(atomic_path(target))
-                        step = frame_step(native, every, fps)
-                        out_video = cv2.VideoWriter(str(vtmp), cv2.VideoWriter_fourcc(*"mp4v"),
-                                                    max(native / step, 1.0), size)
-                        per_video.callback(out_video.release)
-                        if not out_video.isOpened():
-                            raise FerSdkError(
-                                f"OpenCV cannot write {target} ({size[0]}x{size[1]}, mp4v); this OpenCV build "
-                                "lacks an MP4 encoder or the video reports no frame size: drop --annotate"
-                            )
+        on_annotated, annotated = None, None
+        if annotate is not None:
+            target = unique_path(Path(annotate) / f"{path.stem}.annotated.mp4",
+                                 reserved_paths([path]) if taken is None else taken)
+            tmp = stack.enter_context(atomic_path(target))
+            step = frame_step(native, every, fps)
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), max(native / step, 1.0), size)
+            stack.callback(writer.release)
+            if not writer.isOpened():
+                raise FerSdkError(
+                    f"OpenCV cannot write {target} ({size[0]}x{size[1]}, mp4v); this OpenCV build "
+                    "lacks an MP4 encoder or the video reports no frame size: drop --annotate"
+                )
+            annotated = str(target)
 
-                        def on_annotated(frame, faces, _w=out_video):
-                            _w.write(annotate_image(frame, faces))
+            def on_annotated(frame, faces, _w=writer):
+                _w.write(annotate_image(frame, faces))
 
-                    totals = VideoSummary(str(path))
-                    for row in iter_video_faces(classifier, path, every=every, fps=fps,
-                                                on_frames=lambda n, t=task: progress.advance(t, n),
-                                                on_annotated=on_annotated, smooth=smooth, summary=totals):
-                        if json_lines:
-                            sink.write(json.dumps(row) + "\n")
-                        else:
-                            writer.writerow(row)
-                    summaries.append(totals.to_dict())
-            except FerSdkError as exc:
-                failed.append(exc.exit_code)
-                print(f"fer-sdk: error: {exc}", file=sys.stderr)
-        if output is not None and not summaries:
-            raise _NothingWritten
+        yield from iter_video_faces(classifier, path, every=every, fps=fps, on_frames=on_frames,
+                                    on_annotated=on_annotated, smooth=smooth, summary=summary, annotated=annotated)
 
 
 def make_test_video(path: Path, images: list[np.ndarray], *, frames_per_image: int = 5, fps: float = 10.0,

@@ -1,30 +1,26 @@
-"""``fer-sdk predict``: photos (and videos) in, faces with emotions out, as a table, JSON or CSV.
+"""Photos in, results out: the pieces photo prediction, video and Ray share.
 
-Library-level so the CLI stays thin: :func:`collect_inputs` expands folders, :func:`predict_photos`
-yields one result per photo (bad files become error results, never an abort), :func:`write_results`
-renders them, :func:`annotate_image` draws boxes and labels.
+:func:`collect_inputs` expands folders (one walk, one skip rule, for every pipeline), :func:`predict_photos`
+yields one :class:`PhotoResult` per photo (a bad file becomes an error result, never an abort),
+:func:`photo_rows` turns a result into ``fer_sdk.rows`` rows, :func:`annotate_image` draws boxes and labels,
+:func:`unique_path` picks output names that never replace an input or an earlier output.
+
+This module imports none of ``video``, ``ray_batch`` or the CLI.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import errno
-import io
-import json
 import os
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .constants import EMOTIONS
-from .detection import DETECTION_COLUMNS
 from .errors import FerSdkError, InvalidImageError, InvalidInputError
-from .io import atomic_path, atomic_write_text, check_output_file, check_output_folder
+from .io import atomic_path
+from .rows import empty_row, face_row
 
 #: What folder walks pick up: the extensions of the formats ``images.decode_image`` accepts.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pbm", ".pgm",
@@ -45,12 +41,23 @@ class PhotoResult:
     annotated: str | None = None  # the annotated copy written for this photo (--annotate)
 
     def to_dict(self) -> dict:
-        out = {"file": self.source, "faces": [f.to_dict() for f in self.faces]}
+        """``{"source", "faces": [Face.to_dict(), ...], "annotated"?, "error"?}``."""
+        out = {"source": self.source, "faces": [f.to_dict() for f in self.faces]}
         if self.annotated is not None:
             out["annotated"] = self.annotated
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def photo_rows(result: PhotoResult, *, model: str | None = None, model_version: str | None = None) -> Iterator[dict]:
+    """``result`` as ``fer_sdk.rows`` rows: one per face; a photo with no face or an error gets one row."""
+    if result.error is not None or not result.faces:
+        yield empty_row(result.source, model=model, model_version=model_version, error=result.error,
+                        annotated=result.annotated)
+        return
+    for i, face in enumerate(result.faces):
+        yield face_row(result.source, i, face, model=model, model_version=model_version, annotated=result.annotated)
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[PhotoResult]]:
@@ -74,7 +81,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
                                        error_code=InvalidInputError.exit_code))
             continue
         if is_dir:
-            files = _visible_files(path)
+            files = visible_files(path)
             photos.extend(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
             videos.extend(p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS)
         elif exists:  # regular or not: the readers refuse FIFOs and devices with the input's own error
@@ -85,14 +92,14 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return photos, videos, missing
 
 
-def _is_dir(path: Path) -> bool:
+def is_dir(path: Path) -> bool:
     try:
         return path.is_dir()
     except (OSError, ValueError):  # a name too long for the file system: collect_inputs reported it
         return False
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
     """Files under ``folder``, sorted; dot files and dot folders (``.git``, macOS ``._photo.jpg`` sidecars) are
     skipped without being walked."""
     found = []
@@ -245,195 +252,3 @@ def write_crops(result: PhotoResult, classifier, folder: Path, taken: set[Path],
             tmp.write_bytes(buf.tobytes())
         written.append(target)
     return written
-
-
-CSV_HEADER = ["file", "face", "x", "y", "w", "h", "emotion", "score", *EMOTIONS, *DETECTION_COLUMNS, "annotated",
-              "error"]
-
-
-def csv_rows(result: PhotoResult) -> Iterator[list]:
-    """One row per face; a photo with no face or an error still gets one row (empty face fields)."""
-    if result.error is not None or not result.faces:
-        yield [result.source, "", "", "", "", "", "", "", *[""] * len(EMOTIONS), *[""] * len(DETECTION_COLUMNS),
-               result.annotated or "", result.error or ""]
-        return
-    for i, face in enumerate(result.faces):
-        yield [result.source, i, *face.box, face.emotion, f"{face.score:.6f}",
-               *(f"{face.emotions[e]:.6f}" for e in EMOTIONS),
-               *("" if v is None else v for v in face.detection_values()), result.annotated or "", ""]
-
-
-def render(results: list[PhotoResult], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
-        for r in results:
-            writer.writerows(csv_rows(r))
-        return buf.getvalue()
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_lines=False)
-    for col in ("file", "face", "box (x, y, w, h)", "emotion", "score", "runner-up"):
-        table.add_column(col)
-    for r in results:
-        if r.error is not None:
-            table.add_row(r.source, "-", "-", "[red]error[/red]", "-", r.error)
-            continue
-        if not r.faces:
-            table.add_row(r.source, "-", "-", "no face found", "-", "-")
-        for i, f in enumerate(r.faces):
-            second = sorted(f.emotions.items(), key=lambda kv: -kv[1])[1]
-            table.add_row(r.source, str(i), str(tuple(f.box)), f.emotion, f"{f.score:.2f}", f"{second[0]} {second[1]:.2f}")
-    buf = io.StringIO()
-    Console(file=buf, width=160).print(table)
-    return buf.getvalue()
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What a predict run processed: ``total`` inputs (None when unknown, e.g. on Ray), ``failed`` of them,
-    and ``error_code``: the failures' shared ``FerSdkError.exit_code`` (1 when they differ)."""
-
-    total: int | None
-    failed: int
-    error_code: int = FerSdkError.exit_code
-    summary: str | None = None  # one line for people: model, detector, photos, faces, time
-
-    @property
-    def all_failed(self) -> bool:
-        return self.failed > 0 and self.failed == self.total
-
-    @classmethod
-    def of(cls, total: int, codes: list[int]) -> RunOutcome:
-        shared = codes[0] if len(set(codes)) == 1 else 0
-        return cls(total, len(codes), shared or FerSdkError.exit_code)  # never 0 for a failure
-
-
-def run_predict(
-    paths,
-    *,
-    model,
-    fmt: str = "table",
-    annotate: Path | None = None,
-    providers=None,
-    batch_size: int = 64,
-    detector=None,
-    min_score: float | None = None,
-    min_face: int | None = None,
-    align: bool = True,
-    face_margin: float | None = None,
-    flip_tta: bool = False,
-    every: int = 1,
-    fps: float | None = None,
-    ray: str | None = None,
-    output: Path | None = None,
-    smooth: float | None = None,
-    summary: Path | None = None,
-    max_pixels: int | None = None,
-    save_crops: Path | None = None,
-) -> RunOutcome:
-    """Run the CLI's predict; returns how many inputs it processed and how many failed."""
-    from .classifier import Classifier
-
-    if ray is not None:
-        if annotate is not None:
-            raise InvalidInputError("--annotate does not work with --ray (results go to Parquet); drop one of them")
-        if smooth is not None or summary is not None:
-            raise InvalidInputError("--smooth and --summary are for videos, which --ray does not read; drop them")
-        if save_crops is not None:
-            raise InvalidInputError("--save-crops does not work with --ray (results go to Parquet); drop one of them")
-        from .ray_batch import run_ray_predict
-
-        failed = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
-                                 providers=providers, detector=detector, min_score=min_score, min_face=min_face,
-                                 align=align, face_margin=face_margin, flip_tta=flip_tta)
-        return RunOutcome(None, failed)
-    from .video import frame_step
-
-    frame_step(25.0, every, fps)  # validates --every / --fps before any work
-    photos, videos, results = collect_inputs(paths)
-    inputs = [*photos, *videos]
-    if output is not None:
-        check_output_file(output, option="--output", inputs=inputs)
-    if summary is not None:
-        check_output_file(summary, option="--summary", inputs=inputs)
-        if output is not None and Path(summary).resolve() == Path(output).resolve():
-            raise InvalidInputError(f"--summary {summary} is also --output; give them different paths")
-    if annotate is not None:
-        check_output_folder(annotate, option="--annotate")
-    if save_crops is not None:
-        check_output_folder(save_crops, option="--save-crops")
-    if not photos and not videos and not results:
-        raise InvalidInputError(
-            f"no images or videos found in {', '.join(map(str, paths))} (dot files and folders are skipped); "
-            f"pass image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos, or folders holding them"
-        )
-    if save_crops is not None and videos:
-        raise InvalidInputError("--save-crops applies to photos; these inputs include videos: drop it")
-    if (smooth is not None or summary is not None) and photos and not videos:
-        raise InvalidInputError("--smooth and --summary apply to videos; these inputs are photos: drop them")
-    if photos and videos:
-        raise InvalidInputError(
-            f"got {len(photos)} photo(s) and {len(videos)} video(s) in one run; their outputs differ (one row per "
-            "photo vs one row per video frame face): run photos and videos separately"
-        )
-    clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
-                     min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta,
-                     max_pixels=max_pixels)
-    roots = [Path(p) for p in paths if str(p) != STDIN and _is_dir(Path(p))]
-    # annotated copies never take an input's name, nor the results' or the summary's
-    taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
-    if videos:
-        from .video import predict_videos
-
-        failed_videos = predict_videos(clf, videos, every=every, fps=fps, fmt="json" if fmt == "json" else "csv",
-                                       output=output, annotate=annotate, taken=taken, smooth=smooth,
-                                       summary=summary)
-        if not photos:
-            for missing in results:
-                print(f"fer-sdk: error: {missing.error}", file=sys.stderr)
-            return RunOutcome.of(len(videos) + len(results), failed_videos + [r.error_code for r in results])
-    else:
-        failed_videos = []
-
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from .progress import bar as progress_bar
-
-    started = time.perf_counter()
-    with progress_bar(
-        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), enabled=len(photos) > 1
-    ) as bar:
-        task = bar.add_task("photos", total=len(photos))
-        for result in predict_photos(clf, photos, keep_images=annotate is not None or save_crops is not None,
-                                     progress=lambda: bar.advance(task)):
-            if save_crops is not None and result.error is None:
-                write_crops(result, clf, save_crops, taken, roots)
-            if annotate is not None and result.error is None:
-                try:
-                    result.annotated = str(write_annotated(result, annotate, taken, roots))
-                except OSError as exc:  # a name too long for this file system is this photo's problem only;
-                    if exc.errno != errno.ENAMETOOLONG:  # a full disk or a permission is the run's: it stops
-                        raise
-                    result.error = (f"{result.source}: the annotated copy's name is too long for the file system "
-                                    f"({exc.strerror}); rename the photo")
-                    result.error_code = FerSdkError.exit_code
-            result.image = None
-            results.append(result)
-    text = render(results, fmt)
-    if output is not None:
-        atomic_write_text(output, text)
-    else:
-        print(text, end="")
-    outcome = RunOutcome.of(len(videos) + len(results),
-                            failed_videos + [r.error_code for r in results if r.error is not None])
-    faces = sum(len(r.faces) for r in results)
-    name = clf.spec.name if clf.spec is not None else str(model)
-    detector = "yunet" if type(clf.detector).__name__ == "YuNetDetector" else type(clf.detector).__name__
-    summary = (f"{name} ({clf.metadata.get('precision', '?')}, {clf.providers[0]}), detector {detector}: "
-               f"{len(photos)} photo(s), {faces} face(s) in {time.perf_counter() - started:.2f} s")
-    return dataclasses.replace(outcome, summary=summary)
