@@ -65,14 +65,20 @@ def _photo_model(models: list[BenchModel]) -> BenchModel:
 
 @contextlib.contextmanager
 def _progress(enabled: bool):
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """The run's one bar (``fer_sdk.progress``: stderr, a terminal only, off with ``--quiet``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    from fer_sdk.progress import bar
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with bar(*columns, enabled=enabled) as progress:
         yield progress
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes
+from fer_sdk.progress import counter
 
 from .convert import (
     SUM_ATOL,
@@ -61,16 +62,19 @@ def _require_ort_quantization():
 class FaceCalibrationReader:
     """``CalibrationDataReader`` over uint8 (N, 48, 48) faces, fed in batches as the ``faces`` input."""
 
-    def __init__(self, faces: np.ndarray, batch_size: int = CALIBRATION_BATCH):
+    def __init__(self, faces: np.ndarray, batch_size: int = CALIBRATION_BATCH, progress=None):
         self._x = faces_to_input(faces)
         self._batch = batch_size
         self._pos = 0
+        self._progress = progress  # called with the faces of each batch handed out
 
     def get_next(self) -> dict | None:
         if self._pos >= len(self._x):
             return None
         batch = self._x[self._pos : self._pos + self._batch]
         self._pos += self._batch
+        if self._progress is not None:
+            self._progress(len(batch))
         return {INPUT_NAME: batch}
 
     def rewind(self) -> None:
@@ -202,22 +206,23 @@ def quantize_int8(
             f"calibrating on {len(calibration_faces)} faces ({calibration_method}), QDQ, weights int8 "
             f"{'per-channel' if per_channel else 'per-tensor'}, activations {activation_type}; float head: {excluded}"
         )
-        q.quantize_static(
-            str(pre),
-            str(quantized),
-            # Histogram calibrators stack every batch into one array, so they need equal batch sizes.
-            FaceCalibrationReader(
-                calibration_faces, CALIBRATION_BATCH if calibration_method == "minmax" else 1
-            ),
-            quant_format=q.QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=qtype,
-            weight_type=q.QuantType.QInt8,
-            nodes_to_exclude=excluded,
-            calibrate_method=method,
-            extra_options={"ActivationSymmetric": activation_type == "int8"},
-        )
+        with counter("INT8 calibration", len(calibration_faces)) as advance:
+            q.quantize_static(
+                str(pre),
+                str(quantized),
+                # Histogram calibrators stack every batch into one array, so they need equal batch sizes.
+                FaceCalibrationReader(
+                    calibration_faces, CALIBRATION_BATCH if calibration_method == "minmax" else 1, progress=advance
+                ),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=qtype,
+                weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=method,
+                extra_options={"ActivationSymmetric": activation_type == "int8"},
+            )
         model = onnx.load(str(quantized))
 
     ops = count_ops(model)

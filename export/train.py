@@ -247,17 +247,41 @@ class _RunCallback:
     """Factory for the Keras callback doing schedule, checkpoints, time budget and progress lines."""
 
     @staticmethod
-    def make(cfg: TrainConfig, out: Path, state: dict, log):
+    def make(cfg: TrainConfig, out: Path, state: dict, log, steps: int | None = None):
+        import contextlib
+
         import keras
 
+        from fer_sdk.progress import counter
+
         class RunCallback(keras.callbacks.Callback):
+            _bar: contextlib.ExitStack | None = None
+
             def on_epoch_begin(self, epoch, logs=None):
                 self._t0 = time.perf_counter()
                 lr = lr_at(epoch, cfg, state["planned_epochs"])
                 self.model.optimizer.learning_rate.assign(lr)
                 self._lr = lr
+                self._close_bar()
+                self._bar = contextlib.ExitStack()  # this epoch's batches: done, ETA, running loss and accuracy
+                self._advance = self._bar.enter_context(
+                    counter(f"epoch {epoch + 1}/{state['planned_epochs']}", steps, enabled=steps is not None))
+
+            def on_train_batch_end(self, batch, logs=None):
+                logs = logs or {}
+                self._advance(1, f"loss {float(logs.get('loss', float('nan'))):.4f}  "
+                                 f"acc {float(logs.get('accuracy', float('nan'))):.4f}")
+
+            def on_train_end(self, logs=None):
+                self._close_bar()
+
+            def _close_bar(self):
+                if self._bar is not None:
+                    self._bar.close()
+                    self._bar = None
 
             def on_epoch_end(self, epoch, logs=None):
+                self._close_bar()
                 logs = dict(logs or {})
                 seconds = time.perf_counter() - self._t0
                 state["wall_time_s"] += seconds
@@ -373,7 +397,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             epochs=cfg.epochs if cfg.time_budget_s is None else max(cfg.epochs, state["planned_epochs"]),
             initial_epoch=state["epochs_done"],
             validation_data=(x_val, y_val),
-            callbacks=[_RunCallback.make(cfg, out, state, log)],
+            callbacks=[_RunCallback.make(cfg, out, state, log, steps=-(-len(x_train) // cfg.batch_size))],
             shuffle=True,
             verbose=0,
         )

@@ -12,7 +12,7 @@ import copy
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,19 +376,25 @@ class Classifier:
         probs = probs / probs.sum(axis=1, keepdims=True)  # exact row sums (INT8 softmax drifts by ~1e-7)
         return probs.astype(np.float32, copy=False)
 
-    def predict_proba(self, faces: Any) -> np.ndarray:
+    def predict_proba(self, faces: Any, *, progress: Callable[[int], Any] | None = None) -> np.ndarray:
         """(N, 7) float32 probabilities, columns in ``EMOTIONS`` order, rows in input order.
 
         ``faces``: one face (H, W) gray or (H, W, 3) BGR of any size, a batch (N, H, W) / (N, H, W, 1) /
         (N, H, W, 3), uint8 or float, a list of such arrays, or a list of image paths / encoded bytes.
         Faces are converted batch by batch, so a large input costs little more memory than itself.
+        ``progress``: called with the number of faces of each batch once it is classified (a progress bar's
+        ``advance``).
         """
-        return self._proba(faces, convert=True)
+        return self._proba(faces, convert=True, progress=progress)
 
-    def _proba(self, faces: Any, *, convert: bool) -> np.ndarray:
+    def _proba(self, faces: Any, *, convert: bool, progress: Callable[[int], Any] | None = None) -> np.ndarray:
         """``predict_proba``; ``convert=False`` for the SDK's own crops: BGR whatever ``channels``, and large
         because they are cut at the photo's resolution (no "is this a photo?" warning)."""
-        parts = [self._probabilities(batch) for batch in self._chunks(faces, convert)]
+        parts = []
+        for batch in self._chunks(faces, convert):
+            parts.append(self._probabilities(batch))
+            if progress is not None:
+                progress(len(batch))
         parts = [p for p in parts if len(p)]
         if not parts:
             return np.zeros((0, len(EMOTIONS)), np.float32)

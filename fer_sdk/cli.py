@@ -76,10 +76,11 @@ def _main(
     _state["quiet"] = quiet
     import logging
 
-    from .progress import set_quiet
+    from .progress import set_debug, set_quiet
 
     logging.getLogger("fer_sdk").setLevel(logging.ERROR if quiet else logging.NOTSET)
     set_quiet(quiet)
+    set_debug(debug)
 
 
 def hoist_global_flags(argv: list[str]) -> list[str]:
@@ -91,6 +92,12 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
     if "--version" in flags:
         return ["--version"]
     return flags + rest + argv[end:]
+
+
+def _info(message: str) -> None:
+    """A progress line for people, on stderr; ``--quiet`` drops it."""
+    if not _state["quiet"]:
+        typer.echo(message, err=True)
 
 
 def _err(message: str) -> None:
@@ -263,7 +270,8 @@ def predict(
             max_pixels=max_pixels,
             save_crops=save_crops,
         )
-    if outcome.summary and not outcome.failed and not _state["quiet"]:  # a run with errors ends on its error line
+    # a run with errors ends on its error line; a Ray run always says where its Parquet went
+    if outcome.summary and (not outcome.failed or outcome.total is None) and not _state["quiet"]:
         typer.echo(f"fer-sdk: {outcome.summary}", err=True)
     if outcome.all_failed:
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")
@@ -432,7 +440,7 @@ def train(
         from .export.train import train as run_training
 
         run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
-                     log=lambda m: typer.echo(m, err=True))
+                     log=_info)
         typer.echo(str(out / "metrics.json"))
 
 
@@ -460,7 +468,7 @@ def export(
 
         for path in export_model(
             source, out, data=data, int8=int8, calibration=calibration,
-            calibration_size=calibration_size, opset=opset, log=lambda m: typer.echo(m, err=True),
+            calibration_size=calibration_size, opset=opset, log=_info,
         ):
             typer.echo(str(path))
 
@@ -487,43 +495,17 @@ def bench(
         paths = run_benchmarks(
             out, quick=quick, data=data,
             models=[m.strip() for m in models_.split(",")] if models_ else None,
-            with_keras=keras, log=lambda m: typer.echo(m, err=True),
+            with_keras=keras, log=_info,
         )
         for p in paths:
             typer.echo(str(p))
 
 
-@contextlib.contextmanager
-def _native_stderr_to_file(enabled: bool):
-    """Send what native code writes straight to file descriptor 2 (TensorFlow's C++ start-up lines, which no
-    setting silences: they come before absl's logging starts) to a temporary file; replay it if the block
-    fails, so nothing that explains a failure is lost. ``--debug`` leaves stderr alone."""
-    import os
-    import sys
-    import tempfile
-
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _require_train_extra() -> None:
     try:
-        with _native_stderr_to_file(not _state["debug"]):
+        from .progress import native_stderr_to_file
+
+        with native_stderr_to_file(not _state["debug"]):
             import tensorflow  # noqa: F401
             import tf2onnx  # noqa: F401
     except ImportError as exc:

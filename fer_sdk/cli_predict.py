@@ -29,6 +29,9 @@ from .photos import (
 )
 from .rows import check_format, empty_row, row_writer
 
+#: Errors of a Ray run shown on stderr (all of them are in the Parquet's ``error`` column).
+ERRORS_SHOWN = 5
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -87,10 +90,15 @@ def run_predict(
             raise InvalidInputError("--save-crops does not work with --ray (results go to Parquet); drop one of them")
         from .ray_batch import run_ray_predict
 
-        failed = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
-                                 providers=providers, detector=detector, min_score=min_score, min_face=min_face,
-                                 align=align, face_margin=face_margin, flip_tta=flip_tta)
-        return RunOutcome(None, failed)
+        run = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
+                              providers=providers, detector=detector, min_score=min_score, min_face=min_face,
+                              align=align, face_margin=face_margin, flip_tta=flip_tta)
+        for message in run.errors[:ERRORS_SHOWN]:
+            print(f"fer-sdk: error: {message}", file=sys.stderr)
+        more = f" (first {ERRORS_SHOWN} shown above)" if len(run.errors) > ERRORS_SHOWN else ""
+        line = (f"ray: {run.images} image(s), {run.faces} face(s), {len(run.errors)} error(s){more} -> {run.target} "
+                f"({run.seconds:.1f} s, {run.actors} actors)")
+        return RunOutcome(None, len(run.errors), summary=line)
     from .video import Smoother, VideoSummary, frame_step, video_rows
 
     frame_step(25.0, every, fps)  # validates --every / --fps before any work

@@ -18,12 +18,14 @@ def evaluate(
     flip_tta: bool = False,
     classifier=None,
     faces: tuple | None = None,
+    progress: bool = True,
 ) -> dict:
     """Classify every face of ``split`` in ``data`` (Kaggle CSV/.gz or image folders) and report metrics.
 
     Pass ``classifier`` to reuse a loaded :class:`fer_sdk.Classifier`; otherwise one is built from
     ``model`` / ``providers`` / ``batch_size`` / ``flip_tta``. Pass ``faces=(x, y)`` when the split is
-    already loaded (``data`` then only labels the report).
+    already loaded (``data`` then only labels the report). ``progress``: show a bar on stderr (a terminal only,
+    and never after ``fer_sdk.progress.set_quiet(True)``).
     """
     from .classifier import Classifier
     from .data import canonical_split, load_split
@@ -32,8 +34,11 @@ def evaluate(
     if classifier is None:
         kwargs = {} if model is None else {"model": model}
         classifier = Classifier(**kwargs, providers=providers, batch_size=batch_size, flip_tta=flip_tta)
+    from .progress import counter
+
     start = time.perf_counter()
-    proba = classifier.predict_proba(x)
+    with counter(f"classifying {canonical_split(split)}", len(x), enabled=progress) as advance:
+        proba = classifier.predict_proba(x, progress=advance)
     seconds = time.perf_counter() - start
     report = classification_report(y, proba.argmax(axis=1), labels=tuple(classifier.labels))
     report.update(

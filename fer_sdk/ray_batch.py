@@ -17,12 +17,13 @@ Ray is imported only inside the functions that need it (``pip install "fer-sdk[r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,14 @@ import numpy as np
 
 from .errors import DependencyError, FerSdkError, InvalidImageError, InvalidInputError
 from .photos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, analyze_each
+from .progress import is_debug, native_stderr_to_file
 from .rows import ROW_FIELDS, arrow_schema, empty_row, face_row
 
 _INSTALL_HINT = 'pip install "fer-sdk[ray]"'
 #: Columns ``FerPredictor`` writes (``fer_sdk.rows.ROW_FIELDS``); every other input column except ``bytes`` and
 #: ``path`` (which becomes ``source``) is passed through, repeated on each face's row.
 RESULT_COLUMNS = ROW_FIELDS
-_ERRORS_SHOWN = 5
+logger = logging.getLogger(__name__)
 # Reading and writing files is I/O: those tasks ask for no CPU, so actors may take every CPU of the cluster
 # (with the default 1 CPU per task, `concurrency` equal to the CPU count starves the reads and hangs).
 _IO_CPUS = 0
@@ -52,6 +54,23 @@ def import_ray():
             f"batch inference on Ray needs Ray Data ({err.name or 'ray'} is missing): {_INSTALL_HINT}"
         ) from None
     return ray
+
+
+def quiet_ray() -> None:
+    """Keep Ray's ~30 lines per run (start-up, execution plan, progress, a C++ actor-restart warning) off the
+    terminal: its loggers at ERROR, Ray Data's progress off, the driver's C++ core worker at FATAL. The CLI's
+    ``--debug`` skips this."""
+    import ray.data
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # read when the driver's core worker starts
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    if hasattr(context, "enable_operator_progress_bars"):
+        context.enable_operator_progress_bars = False
+    if hasattr(context, "print_on_execution_start"):
+        context.print_on_execution_start = False
 
 
 def _is_uri(path: str) -> bool:
@@ -278,7 +297,7 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
         )
     if kinds["files"]:  # named explicitly: taken whatever the extension, as without Ray
         parts.append(ray.data.read_binary_files(kinds["files"], include_paths=True, num_cpus=_IO_CPUS))
-    parts = [p.select_columns(["path", "bytes"]) for p in parts]
+    parts = [p.select_columns(["path", "bytes"], num_cpus=_IO_CPUS) for p in parts]  # fused or not: no CPU
     if kinds["parquet"]:
         ds = ray.data.read_parquet(kinds["parquet"], num_cpus=_IO_CPUS)
         columns = ds.columns()
@@ -349,6 +368,19 @@ def _summarize(folder: str, *, local: bool) -> tuple[int, int, list[str]]:
     return images, faces, errors
 
 
+@dataclass(frozen=True)
+class RayRun:
+    """What :func:`run_ray_predict` wrote: ``images`` read, ``faces`` found, the ``errors`` (one message per
+    failed image), the Parquet folder or URI (``target``), wall ``seconds`` and the ``actors`` used."""
+
+    images: int
+    faces: int
+    errors: list[str]
+    target: str
+    seconds: float
+    actors: Any
+
+
 def run_ray_predict(
     paths,
     *,
@@ -369,7 +401,7 @@ def run_ray_predict(
     ``output`` is a new or empty local folder (written to a temporary sibling, then renamed into place; on a
     multi-node cluster it must be shared storage mounted at the same path everywhere) or a URI such as
     ``s3://bucket/prefix`` (written in place). ``predictor_kw`` go to :class:`FerPredictor`.
-    Returns the number of rows with an error; prints a one-line summary (and the first errors) to stderr.
+    Returns a :class:`RayRun`; prints nothing (``fer-sdk predict --ray`` prints its summary).
     """
     ray = import_ray()
     if fmt != "table":
@@ -382,15 +414,22 @@ def run_ray_predict(
 
         predictor_kw["detector"] = portable_spec(predictor_kw["detector"])
     started = not ray.is_initialized()
+    verbose = is_debug()
+    if not verbose:
+        quiet_ray()
     if started:
         local = address == "local"  # "local" always starts a fresh instance (never RAY_ADDRESS)
-        ray.init(
-            address=address,
-            num_cpus=local_cpus if local else None,
-            ignore_reinit_error=True,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        with native_stderr_to_file(not verbose):  # the core worker's start-up line; replayed if init fails
+            ray.init(
+                address=address,
+                num_cpus=local_cpus if local else None,
+                ignore_reinit_error=True,
+                include_dashboard=False,
+                log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.ERROR,
+            )
+        if not verbose:
+            quiet_ray()  # ray.init configures its loggers again
     tmp: Path | None = None
     try:
         t0 = time.perf_counter()
@@ -398,11 +437,8 @@ def run_ray_predict(
         if concurrency is None:
             concurrency = max(1, cpus)
         elif (concurrency if isinstance(concurrency, int) else concurrency[0]) > cpus:
-            print(
-                f"fer-sdk: ray: warning: {concurrency} actors need more CPUs than the cluster's {cpus}; "
-                "the job waits until an autoscaler adds nodes",
-                file=sys.stderr,
-            )
+            logger.warning("%s actors need more CPUs than the cluster's %d; the job waits until an autoscaler "
+                           "adds nodes", concurrency, cpus)
         ds = predict_dataset(
             read_images(paths), model=model, batch_size=batch_size, concurrency=concurrency, **predictor_kw
         )
@@ -423,12 +459,5 @@ def run_ray_predict(
             shutil.rmtree(tmp, ignore_errors=True)
         if started:
             ray.shutdown()
-    for message in errors[:_ERRORS_SHOWN]:
-        print(f"fer-sdk: {message}", file=sys.stderr)
-    more = f" (first {_ERRORS_SHOWN} shown)" if len(errors) > _ERRORS_SHOWN else ""
-    print(
-        f"fer-sdk: ray: {rows} images, {faces} faces, {len(errors)} errors{more} -> {target} "
-        f"({time.perf_counter() - t0:.1f} s, {concurrency} actors)",
-        file=sys.stderr,
-    )
-    return len(errors)
+    return RayRun(images=rows, faces=faces, errors=errors, target=target,
+                  seconds=time.perf_counter() - t0, actors=concurrency)

@@ -41,7 +41,26 @@ def import_onnxruntime():
                 raise KeyboardInterrupt from err
             cause = cause.__cause__ or cause.__context__
         raise DependencyError(f"ONNX Runtime is not installed: {_INSTALL_HINT}") from err
+    global _ort_quieted
+    if not _ort_quieted:
+        _ort_quieted = True
+        onnxruntime.set_default_logger_severity(_ort_severity)
     return onnxruntime
+
+
+#: ONNX Runtime's own log threshold (0 verbose ... 3 error, 4 fatal). Its GPU build writes "[E:onnxruntime...]
+#: Failed to load library libonnxruntime_providers_cuda.so" lines on a machine without CUDA; the SDK says what
+#: happened itself (a DependencyError, or a warning with providers="auto"), so only fatal lines pass by default.
+_ort_severity = 4
+_ort_quieted = False
+
+
+def set_onnxruntime_logging(verbose: bool) -> None:
+    """Show ONNX Runtime's own warnings and errors (``True``, what the CLI's ``--debug`` does) or only its fatal
+    lines (``False``, the default). Applies to ONNX Runtime's default logger and to sessions created later."""
+    global _ort_severity, _ort_quieted
+    _ort_severity = 2 if verbose else 4
+    _ort_quieted = False
 
 
 def _provider_name(item: Any) -> str:
@@ -145,6 +164,7 @@ def create_session(
         source = bytes(path_or_bytes)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = _ort_severity
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
