@@ -48,7 +48,7 @@ def run_on_terminal(*args, timeout: float = 300) -> tuple[int, str, str]:
 
 
 def run_on_pipe(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(FER_SDK), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([str(FER_SDK), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False,
                           stdin=subprocess.DEVNULL)
 
 
@@ -136,7 +136,7 @@ def test_onnxruntime_warnings_hidden_unless_debug(mode):
     """ONNX Runtime writes its own warnings (here: an unused initializer; on the GPU build without CUDA:
     provider-library errors) straight to stderr; the SDK keeps them off unless asked."""
     pytest.importorskip("onnx")
-    result = subprocess.run([sys.executable, "-c", UNUSED_INITIALIZER_SCRIPT, mode], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", UNUSED_INITIALIZER_SCRIPT, mode], capture_output=True, text=True, check=False,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert ("Removing initializer 'unused'" in result.stderr) == (mode == "debug"), result.stderr
