@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -112,6 +111,7 @@ def average_run(
     log=print,
 ) -> dict:
     """Average ``run``'s snapshots of ``epochs`` into the run folder ``out``; return its metrics."""
+    from .config import invocation
     from .train import TrainConfig, evaluate_run, float32_network
 
     run, out = Path(run), Path(out)
@@ -130,7 +130,7 @@ def average_run(
         net.save(tmp)
     config = {**source["config"], "init_from": None}
     atomic_write_json(out / "config.json", config)
-    cfg = TrainConfig(**{**config, "command": command or shlex.join(sys.argv)})
+    cfg = TrainConfig(**{**config, "command": command or invocation("fer_sdk.export.average")})
     state = {"best_epoch": epochs[-1], "epochs_done": 0, "wall_time_s": time.perf_counter() - t0, "history": []}
     if source.get("teacher_sha256"):  # a distilled run's teacher stays on record
         state["teacher_sha256"] = source["teacher_sha256"]

@@ -7,7 +7,7 @@ parent then packs each run's ``best.keras``, ``metrics.json`` and ``state.json``
 ``results.tar`` split in parts small enough for the machine's file return limits. Export happens later,
 under TensorFlow, on the developer's machine (``fer-sdk export RUN_DIR``).
 
-    KERAS_BACKEND=jax python -m export.gpu_job --pixels X.xz --labels Y.npz --out OUT --budget 400
+    KERAS_BACKEND=jax python -m fer_sdk.export.gpu_job --pixels X.xz --labels Y.npz --out OUT --budget 400
 """
 
 from __future__ import annotations
