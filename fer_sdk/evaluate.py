@@ -1,11 +1,11 @@
-"""Evaluate a model on a FER2013 split: accuracy, macro-F1, per-class report, confusion matrix."""
+"""Evaluate a model on a FER2013 split: accuracy, macro-F1, per-class report, confusion matrix, calibration."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from .metrics import classification_report
+from .metrics import calibration_report, classification_report
 
 
 def evaluate(
@@ -41,6 +41,7 @@ def evaluate(
         proba = classifier.predict_proba(x, progress=advance)
     seconds = time.perf_counter() - start
     report = classification_report(y, proba.argmax(axis=1), labels=tuple(classifier.labels))
+    report["calibration"] = calibration_report(y, proba)
     report.update(
         {
             "model": classifier.spec.name if classifier.spec is not None else str(classifier.model_path),
@@ -62,6 +63,7 @@ def render_report(report: dict) -> str:
         f"model {report['model']} on {report['split']} ({report['n']} faces, {report['data']})",
         f"accuracy {100 * report['accuracy']:.2f} %   macro-F1 {report['macro_f1']:.4f}"
         + ("   (flip TTA)" if report.get("flip_tta") else ""),
+        *_calibration_line(report.get("calibration")),
         "",
         f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
@@ -74,3 +76,9 @@ def render_report(report: dict) -> str:
     for name, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"{name:<10}" + "".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)
+
+
+def _calibration_line(calibration: dict | None) -> list[str]:
+    if not calibration or calibration.get("ece") is None:
+        return []
+    return [f"calibration: ECE {calibration['ece']:.4f} ({calibration['bins']} bins)   NLL {calibration['nll']:.4f}"]

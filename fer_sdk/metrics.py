@@ -54,3 +54,39 @@ def classification_report(y_true, y_pred, labels: tuple[str, ...] = EMOTIONS) ->
         "confusion_matrix": matrix.tolist(),
         "labels": list(labels),
     }
+
+
+#: Confidence bins of the expected calibration error (the usual 15, equal width).
+ECE_BINS = 15
+
+
+def calibration_report(y_true, proba, bins: int = ECE_BINS) -> dict:
+    """How far the top probability is from the accuracy it promises.
+
+    ``ece``: expected calibration error over ``bins`` equal-width confidence bins (Guo et al. 2017): the
+    face-weighted mean of |accuracy - mean confidence| per bin. ``nll``: mean negative log-likelihood of the true
+    class. ``reliability``: per non-empty bin, its range, faces, accuracy and mean confidence (a reliability
+    diagram's points).
+    """
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or len(p) != len(y):
+        raise ValueError(f"proba must be (N, classes) for N={len(y)} labels; got shape {p.shape}")
+    if len(y) == 0:
+        return {"bins": bins, "ece": None, "nll": None, "reliability": []}
+    confidence = p.max(axis=1)
+    correct = p.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (lo, hi]; 0 in bin 0
+    ece, reliability = 0.0, []
+    for b in range(bins):
+        mask = which == b
+        n = int(mask.sum())
+        if not n:
+            continue
+        acc, conf = float(correct[mask].mean()), float(confidence[mask].mean())
+        ece += n / len(y) * abs(acc - conf)
+        reliability.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n, "accuracy": acc,
+                            "confidence": conf})
+    true_p = np.clip(p[np.arange(len(y)), np.clip(y, 0, p.shape[1] - 1)], 1e-12, 1.0)
+    return {"bins": bins, "ece": float(ece), "nll": float(-np.log(true_p).mean()), "reliability": reliability}

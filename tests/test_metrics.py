@@ -33,3 +33,38 @@ def test_edge_cases():
     assert perfect["accuracy"] == 1.0 and perfect["per_class"]["disgust"]["f1"] == 1.0
     with pytest.raises(ValueError, match="entries"):
         classification_report([0, 1], [0])
+
+
+def test_calibration_report_by_hand():
+    from fer_sdk.metrics import calibration_report
+
+    # top probabilities 0.9 (right), 0.9 (wrong), 0.65 (right), 0.45 (wrong) in three classes
+    proba = np.array([[0.9, 0.05, 0.05], [0.9, 0.1, 0.0], [0.2, 0.65, 0.15], [0.45, 0.3, 0.25]])
+    y = np.array([0, 1, 1, 2])
+    report = calibration_report(y, proba)
+    # bins: the two 0.9s share one (accuracy 0.5 vs 0.9), 0.65 (1 vs 0.65), 0.45 (0 vs 0.45)
+    assert report["ece"] == pytest.approx(2 / 4 * 0.4 + 1 / 4 * 0.35 + 1 / 4 * 0.45)
+    assert report["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.1, 0.65, 0.25])))
+    assert [(b["n"], b["accuracy"]) for b in report["reliability"]] == [(1, 0.0), (1, 1.0), (2, 0.5)]
+    assert sum(b["n"] for b in report["reliability"]) == 4
+
+
+def test_calibration_report_of_a_calibrated_model_is_near_zero():
+    from fer_sdk.metrics import calibration_report
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    confidence = rng.uniform(0.3, 1.0, n)
+    correct = rng.uniform(size=n) < confidence  # right exactly as often as it claims
+    proba = np.stack([confidence, 1 - confidence], axis=1)
+    y = np.where(correct, 0, 1)
+    assert calibration_report(y, proba)["ece"] < 0.01
+    over = calibration_report(y, np.stack([np.sqrt(confidence), 1 - np.sqrt(confidence)], axis=1))
+    assert over["ece"] > 0.05  # claims more than it delivers
+
+
+def test_calibration_report_rejects_mismatched_shapes():
+    from fer_sdk.metrics import calibration_report
+
+    with pytest.raises(ValueError, match="proba must be"):
+        calibration_report([0, 1], np.zeros((3, 7)))

@@ -85,7 +85,7 @@ def test_eval_shows_a_bar_over_the_faces(tmp_path):
     code, out, err = run_on_terminal("eval", "--data", data, "--batch-size", "32")
     assert code == 0, err
     assert re.search(r"classifying PublicTest .*\d+/200", err), err
-    assert "accuracy" in out
+    assert "accuracy" in out and re.search(r"calibration: ECE 0\.\d{4} \(15 bins\)   NLL \d+\.\d{4}", out), out
     code, out, err = run_on_terminal("-q", "eval", "--data", data, "--batch-size", "32")
     assert code == 0 and "classifying" not in err, err
 
