@@ -130,11 +130,16 @@ def _folder_with(extra: Callable[[Path], None]) -> Callable[[Path], list[str]]:
 
 
 def _kept_good_rows(d: Path, result) -> str | None:
+    import csv
+    import io
+
     out = d / "out.csv"
     if not out.is_file():
         return "no results file"
-    text = out.read_text(errors="replace")
-    return None if "a_good.jpg,0," in text else "the good photo's row is missing"
+    rows = list(csv.DictReader(io.StringIO(out.read_text(errors="replace"))))
+    good = [r for r in rows if Path(r.get("source") or "").name == "a_good.jpg" and r.get("face") == "0"
+            and not r.get("error")]
+    return None if good else "the good photo's row is missing"
 
 
 def _untouched(path_name: str, digest_of: Callable[[Path], bytes]):
@@ -311,8 +316,8 @@ def cases() -> list[Case]:
     out.append(Case("output: --annotate into the input folder keeps an unrelated a.png", "output",
                     _annotate_beside, (0,), _untouched("in/a.png", Path.read_bytes)))
     out.append(Case("output: -o named like the annotated copy", "output", _o_like_annotated, (0,), _both_written))
-    out.append(Case("output: a failed video run keeps the earlier results", "output", _failed_video, (2,),
-                    _untouched("rows.csv", Path.read_bytes)))
+    out.append(Case("output: a failed video run writes its error row, atomically", "output", _failed_video, (2,),
+                    _failed_video_row))
     out.append(Case("output: -o is a folder", "output",
                     lambda d: ["predict", str(_jpeg(d / "a.jpg")), "-o", str(d)], (2,)))
     out.append(Case("output: export --out is the --data CSV", "output", _export_over_data, (2,),
@@ -432,9 +437,19 @@ def _both_written(d: Path, result) -> str | None:
 
 def _failed_video(d: Path) -> list[str]:
     _write(d / "rows.csv", b"earlier good results\n")
-    _snapshot(d / "rows.csv")
     _write(d / "broken.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(200))
-    return ["predict", str(d / "broken.mp4"), "-o", str(d / "rows.csv")]
+    return ["predict", str(d / "broken.mp4"), "--csv", "-o", str(d / "rows.csv")]
+
+
+def _failed_video_row(d: Path, result) -> str | None:
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO((d / "rows.csv").read_text(errors="replace"))))
+    if len(rows) != 1 or rows[0].get("source") != str(d / "broken.mp4") or "broken.mp4" not in (rows[0].get("error") or ""):
+        return f"rows.csv does not hold the video's one error row: {rows}"
+    left = sorted(p.name for p in d.iterdir())
+    return None if left == ["broken.mp4", "rows.csv"] else f"the folder holds {left} (a temporary file left?)"
 
 
 def _export_over_data(d: Path) -> list[str]:

@@ -236,7 +236,8 @@ def predict(
     output: Annotated[
         Path | None, typer.Option(
             "--output", "-o",
-            help="Write results to this file instead of stdout (with --ray: a new folder of Parquet files).",
+            help="Write results to this file instead of stdout (without --format, a .csv, .json or .jsonl name sets "
+            "the format; with --ray: a new folder of Parquet files).",
         )
     ] = None,
 ) -> None:
@@ -251,7 +252,7 @@ def predict(
         outcome = run_predict(
             paths,
             model=model or _default_model(),
-            fmt=chosen.pop() if chosen else "table",
+            fmt=chosen.pop() if chosen else _format_of(output, ray),
             annotate=annotate,
             providers=_providers(providers),
             batch_size=batch_size,
@@ -280,6 +281,17 @@ def predict(
         done = f"the other {outcome.total - outcome.failed} were processed" if outcome.total else "the others were processed"
         _err(f"{outcome.failed} input(s) could not be processed (each error is in the output or above); {done}")
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
+
+
+#: Output file names whose extension names their format (``-o rows.csv`` without ``--format``).
+FORMAT_OF_SUFFIX = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def _format_of(output: Path | None, ray: str | None) -> str:
+    """The format when none is given: the output file's extension's, else the table."""
+    if output is None or ray is not None:
+        return "table"
+    return FORMAT_OF_SUFFIX.get(output.suffix.lower(), "table")
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -405,7 +405,7 @@ def run_ray_predict(
     """
     ray = import_ray()
     if fmt != "table":
-        raise InvalidInputError(f"--ray writes Parquet into --output DIR; drop --{fmt}")
+        raise InvalidInputError(f"--ray writes Parquet into --output DIR; drop --format {fmt}")
     remote_out = output is not None and _is_uri(os.fspath(output))
     out = Path() if remote_out else _prepare_output(output)
     model = _check_model(model, local=address == "local")

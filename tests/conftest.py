@@ -299,3 +299,54 @@ def models_dir(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(registry, "MODELS_DIR", folder)
     return folder
+
+
+# ------------------------------------------------------------------------------ predict's result rows
+#: The columns of every ``fer-sdk predict`` row (fer_sdk.rows.ROW_FIELDS), written out literally.
+ROW_COLUMNS = ("source", "frame", "time_s", "face", "track", "x", "y", "w", "h", "emotion", "score", *EMOTIONS,
+               "detection_score", *(f"{p}_{c}" for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
+                                    for c in ("x", "y")),
+               "model", "model_version", "annotated", "error")
+ROW_INT_COLUMNS = ("frame", "face", "track", "x", "y", "w", "h")
+ROW_TEXT_COLUMNS = ("source", "emotion", "model", "model_version", "annotated", "error")
+
+
+def typed_csv_row(row: dict[str, str]) -> dict:
+    """A CSV row as JSON has it: "" is null, ints are ints, the other numbers floats, text stays text."""
+    out = {}
+    for key, value in row.items():
+        if value == "":
+            out[key] = None
+        elif key in ROW_INT_COLUMNS:
+            out[key] = int(value)
+        elif key in ROW_TEXT_COLUMNS:
+            out[key] = value
+        else:
+            out[key] = float(value)
+    return out
+
+
+def parse_rows(text: str, fmt: str) -> list[dict]:
+    """``fer-sdk predict --format fmt`` output (json, jsonl or csv) as a list of typed row dicts, each checked to
+    hold exactly ``ROW_COLUMNS`` in order."""
+    if fmt == "json":
+        rows = json.loads(text)
+        assert isinstance(rows, list), type(rows)
+    elif fmt == "jsonl":
+        assert text == "" or text.endswith("\n"), text[-80:]
+        rows = [json.loads(line) for line in text.splitlines()]
+    elif fmt == "csv":
+        import csv
+        import io
+
+        lines = list(csv.reader(io.StringIO(text)))
+        assert lines and tuple(lines[0]) == ROW_COLUMNS, lines[:1]
+        assert all(len(line) == len(ROW_COLUMNS) for line in lines[1:])
+        rows = [typed_csv_row(dict(zip(ROW_COLUMNS, line))) for line in lines[1:]]
+    else:
+        raise ValueError(fmt)
+    for row in rows:
+        assert tuple(row) == ROW_COLUMNS, list(row)
+        for key in ROW_INT_COLUMNS:
+            assert row[key] is None or type(row[key]) is int, (key, row[key])
+    return rows

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER_CSV, manifest_entry, write_manifest, write_small_fer_csv
+from conftest import FER_CSV, ROW_COLUMNS, manifest_entry, parse_rows, write_manifest, write_small_fer_csv
 from typer.testing import CliRunner
 
+import fer_sdk
 from fer_sdk import registry
 from fer_sdk.cli import PARTIAL_FAILURE_EXIT, app
 from fer_sdk.constants import EMOTIONS
-from fer_sdk.predict import CSV_HEADER
+from fer_sdk.rows import FORMATS, ROW_FIELDS
 
 SAMPLES = ("astronaut.jpg", "grace_hopper.jpg", "two_faces.jpg")
 N_SMALL_TRAIN, N_SMALL_TEST = 600, 300
@@ -36,6 +37,22 @@ N_SMALL_TRAIN, N_SMALL_TEST = 600, 300
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def by_name(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by their source's file name, in output order."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(Path(row["source"]).name, []).append(row)
+    return out
+
+
+def tiny_version(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+FACE_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in ("source", "frame", "time_s", "track", "model",
+                                                          "model_version", "annotated", "error"))
 
 
 def stderr_lines(result) -> list[str]:
@@ -112,46 +129,54 @@ def test_predict_table_lists_each_photo(tiny, samples_dir):
 def test_predict_json_has_every_detected_face(tiny, samples_dir, library_faces):
     result = invoke("predict", "--model", tiny, "--json", samples_dir)
     assert result.exit_code == 0, result.output
-    photos = json.loads(result.stdout)  # stdout is pure JSON: the progress bar went to stderr
-    assert [Path(p["file"]).name for p in photos] == list(SAMPLES)
-    assert sum(len(p["faces"]) for p in photos) >= 4  # two_faces.jpg holds two
-    for photo in photos:
-        expected = library_faces[Path(photo["file"]).name]
-        assert "error" not in photo
-        assert len(photo["faces"]) == len(expected) >= 1
-        for face, ref in zip(photo["faces"], expected):
-            assert set(face) == {"box", "emotion", "score", "emotions", "detection_score", "landmarks"}
-            assert face["detection_score"] == pytest.approx(ref.detection_score) and len(face["landmarks"]) == 5
-            assert face["box"] == list(ref.box) and all(isinstance(v, int) for v in face["box"])
-            assert list(face["emotions"]) == list(EMOTIONS)
-            assert face["emotion"] == max(face["emotions"], key=face["emotions"].get) == ref.emotion
-            assert face["score"] == face["emotions"][face["emotion"]]
-            assert sum(face["emotions"].values()) == pytest.approx(1.0, abs=1e-5)
-            np.testing.assert_allclose(
-                [face["emotions"][e] for e in EMOTIONS], [ref.emotions[e] for e in EMOTIONS], atol=1e-5
-            )
+    rows = parse_rows(result.stdout, "json")  # stdout is pure JSON: the progress bar went to stderr
+    photos = by_name(rows)
+    assert list(photos) == list(SAMPLES)  # in order, each photo's rows together
+    assert len(rows) == sum(len(faces) for faces in library_faces.values()) >= 4  # two_faces.jpg holds two
+    for name, got in photos.items():
+        expected = library_faces[name]
+        assert len(got) == len(expected) >= 1
+        for i, (row, ref) in enumerate(zip(got, expected)):
+            assert row["source"] == str(samples_dir / name) and row["face"] == i
+            assert row["frame"] is row["time_s"] is row["track"] is None  # photos: no frame, time or track
+            assert row["error"] is None and row["annotated"] is None
+            assert (row["model"], row["model_version"]) == ("tiny-shallow.onnx", tiny_version(tiny))
+            assert row["detection_score"] == pytest.approx(ref.detection_score, abs=1e-6)
+            assert [row[f"{p}_{c}"] for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
+                    for c in "xy"] == [round(v, 2) for point in ref.landmarks for v in point]
+            assert [row[k] for k in "xywh"] == list(ref.box)
+            probs = {e: row[e] for e in EMOTIONS}
+            assert row["emotion"] == max(probs, key=probs.get) == ref.emotion
+            assert row["score"] == probs[row["emotion"]]
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+            assert all(v == round(v, 6) for v in probs.values())  # 6 decimals
+            np.testing.assert_allclose([probs[e] for e in EMOTIONS], [ref.emotions[e] for e in EMOTIONS], atol=1e-5)
 
     single = invoke("predict", "--model", tiny, "--json", samples_dir / "two_faces.jpg")
     assert single.exit_code == 0, single.output
-    (photo,) = json.loads(single.stdout)
-    assert len(photo["faces"]) == len(library_faces["two_faces.jpg"]) == 2
+    faces = parse_rows(single.stdout, "json")
+    assert [r["face"] for r in faces] == [0, 1] and len(library_faces["two_faces.jpg"]) == 2
+    assert {r["source"] for r in faces} == {str(samples_dir / "two_faces.jpg")}
 
 
 def test_predict_csv_parses_with_header(tiny, samples_dir, library_faces):
+    assert ROW_FIELDS == ROW_COLUMNS  # the schema, spelled out in conftest
     result = invoke("predict", "--model", tiny, "--csv", samples_dir)
     assert result.exit_code == 0, result.output
-    rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == CSV_HEADER
-    body = [dict(zip(CSV_HEADER, row)) for row in rows[1:]]
+    lines = list(csv.reader(io.StringIO(result.stdout)))
+    assert lines[0] == list(ROW_FIELDS)
+    body = [dict(zip(ROW_FIELDS, line)) for line in lines[1:]]
     assert len(body) == sum(len(faces) for faces in library_faces.values())
     for row in body:
-        assert len(row) == len(CSV_HEADER) and row["error"] == ""
+        assert len(row) == len(ROW_FIELDS) and row["error"] == ""
+        assert row["frame"] == row["time_s"] == row["track"] == ""
         probs = [float(row[e]) for e in EMOTIONS]
         assert row["emotion"] == EMOTIONS[int(np.argmax(probs))]
         assert float(row["score"]) == pytest.approx(max(probs), abs=1e-6)
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
-        ref = library_faces[Path(row["file"]).name][int(row["face"])]
+        ref = library_faces[Path(row["source"]).name][int(row["face"])]
         assert [int(row[k]) for k in "xywh"] == list(ref.box)
+        assert row["model"] == "tiny-shallow.onnx" and row["model_version"] == tiny_version(tiny)
 
 
 def test_predict_csv_keeps_a_row_for_a_photo_without_faces(tiny, samples_dir, tmp_path):
@@ -161,10 +186,12 @@ def test_predict_csv_keeps_a_row_for_a_photo_without_faces(tiny, samples_dir, tm
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))  # a real image with no face in it
     result = invoke("predict", "--model", tiny, "--csv", blank, samples_dir / "astronaut.jpg")
     assert result.exit_code == 0, result.output
-    rows = [dict(zip(CSV_HEADER, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
-    (empty,) = [r for r in rows if Path(r["file"]).name == "blank.png"]
+    rows = [dict(zip(ROW_FIELDS, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
+    (empty,) = [r for r in rows if Path(r["source"]).name == "blank.png"]
     assert empty["face"] == empty["emotion"] == empty["error"] == ""  # processed, no face, no error
-    assert [r["face"] for r in rows if Path(r["file"]).name == "astronaut.jpg"] == ["0"]
+    assert all(empty[k] == "" for k in FACE_COLUMNS)
+    assert empty["model"] == "tiny-shallow.onnx" and empty["model_version"] == tiny_version(tiny)
+    assert [r["face"] for r in rows if Path(r["source"]).name == "astronaut.jpg"] == ["0"]
 
 
 def test_predict_annotate_writes_decodable_copies(tiny, samples_dir, tmp_path):
@@ -187,13 +214,16 @@ def test_predict_mixed_folder_processes_good_and_reports_bad(tiny, samples_dir, 
     out = tmp_path / "annotated"
     result = invoke("predict", "--model", tiny, "--json", "--annotate", out, folder)
     assert result.exit_code == PARTIAL_FAILURE_EXIT == 8, result.output
-    photos = {Path(p["file"]).name: p for p in json.loads(result.stdout)}
+    photos = by_name(parse_rows(result.stdout, "json"))
     assert sorted(photos) == sorted([*SAMPLES, *BAD_FILES])  # notes.txt is not an image: skipped
     for name in SAMPLES:
-        assert "error" not in photos[name] and photos[name]["faces"]
+        assert photos[name] and all(r["error"] is None and r["face"] is not None for r in photos[name])
+        assert {r["annotated"] for r in photos[name]} == {str(out / name)}
     for name in BAD_FILES:
-        assert photos[name]["faces"] == [] and name in photos[name]["error"]
-        assert "Fix" in photos[name]["error"]
+        (row,) = photos[name]  # one row: the error, no face fields
+        assert all(row[k] is None for k in FACE_COLUMNS) and row["annotated"] is None
+        assert name in row["error"] and "Fix" in row["error"]
+        assert row["model"] == "tiny-shallow.onnx"
     assert_one_line_error(result, f"{len(BAD_FILES)} input(s) could not be processed")
     assert f"the other {len(SAMPLES)} were processed" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(SAMPLES)
@@ -203,25 +233,28 @@ def test_predict_mixed_folder_processes_good_and_reports_bad(tiny, samples_dir, 
 
     as_csv = invoke("predict", "--model", tiny, "--csv", folder)
     assert as_csv.exit_code == PARTIAL_FAILURE_EXIT, as_csv.output
-    rows = [dict(zip(CSV_HEADER, r)) for r in list(csv.reader(io.StringIO(as_csv.stdout)))[1:]]
-    errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
-    assert sorted(errors) == sorted(BAD_FILES)
-    assert {Path(r["file"]).name for r in rows if not r["error"]} == set(SAMPLES)
+    rows = [dict(zip(ROW_FIELDS, r)) for r in list(csv.reader(io.StringIO(as_csv.stdout)))[1:]]
+    errors = {Path(r["source"]).name: r["error"] for r in rows if r["error"]}
+    assert sorted(errors) == sorted(BAD_FILES) and len(errors) == len([r for r in rows if r["error"]])
+    assert {Path(r["source"]).name for r in rows if not r["error"]} == set(SAMPLES)
 
 
 def test_predict_missing_path_is_reported(tiny, samples_dir, tmp_path):
     missing = tmp_path / "nowhere" / "face.jpg"
     alone = invoke("predict", "--model", tiny, "--json", missing)
     assert alone.exit_code == 2  # nothing was processed: the failure's own code, not 8 (partial failure)
-    (photo,) = json.loads(alone.stdout)
-    assert photo["file"] == str(missing) and str(missing) in photo["error"]
+    (photo,) = parse_rows(alone.stdout, "json")
+    assert photo["source"] == str(missing) and str(missing) in photo["error"]
+    assert all(photo[k] is None for k in FACE_COLUMNS)
     assert_one_line_error(alone, "none of the 1 input(s) could be processed")
 
     mixed = invoke("predict", "--model", tiny, "--json", samples_dir / "astronaut.jpg", missing)
     assert mixed.exit_code == PARTIAL_FAILURE_EXIT, mixed.output
-    photos = {Path(p["file"]).name: p for p in json.loads(mixed.stdout)}
-    assert photos["astronaut.jpg"]["faces"] and "error" not in photos["astronaut.jpg"]
-    assert str(missing) in photos["face.jpg"]["error"]
+    photos = by_name(parse_rows(mixed.stdout, "json"))
+    (astronaut,) = photos["astronaut.jpg"]
+    assert astronaut["face"] == 0 and astronaut["error"] is None
+    (gone,) = photos["face.jpg"]
+    assert str(missing) in gone["error"] and gone["face"] is None
 
 
 def test_predict_where_every_photo_is_bad_exits_with_their_code(tiny, samples_dir, tmp_path):
@@ -230,8 +263,8 @@ def test_predict_where_every_photo_is_bad_exits_with_their_code(tiny, samples_di
         (folder / name).unlink()
     result = invoke("predict", "--model", tiny, "--csv", folder)
     assert result.exit_code == 3, result.output  # InvalidImageError for each file
-    rows = [dict(zip(CSV_HEADER, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
-    assert sorted(Path(r["file"]).name for r in rows if r["error"]) == sorted(BAD_FILES)
+    rows = [dict(zip(ROW_FIELDS, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
+    assert sorted(Path(r["source"]).name for r in rows if r["error"]) == sorted(BAD_FILES) and len(rows) == len(BAD_FILES)
     assert_one_line_error(result, f"none of the {len(BAD_FILES)} input(s) could be processed")
 
     mixed_codes = invoke("predict", "--model", tiny, "--csv", folder, tmp_path / "nowhere.jpg")
@@ -246,12 +279,13 @@ def test_predict_skips_hidden_files_and_folders(tiny, samples_dir, tmp_path):
     shutil.copy(samples_dir / "astronaut.jpg", folder / ".thumbnails" / "astronaut.jpg")
     result = invoke("predict", "--model", tiny, "--json", folder)
     assert result.exit_code == 0, result.output
-    assert [Path(p["file"]).name for p in json.loads(result.stdout)] == ["astronaut.jpg"]
+    assert [Path(r["source"]).name for r in parse_rows(result.stdout, "json")] == ["astronaut.jpg"]  # one face
     hidden_parent = tmp_path / ".cache" / "shots"  # a dot folder above the one named is not a reason to skip
     hidden_parent.mkdir(parents=True)
     shutil.copy(samples_dir / "astronaut.jpg", hidden_parent / "a.jpg")
     inside = invoke("predict", "--model", tiny, "--json", hidden_parent)
-    assert inside.exit_code == 0 and len(json.loads(inside.stdout)) == 1
+    assert inside.exit_code == 0 and [r["source"] for r in parse_rows(inside.stdout, "json")] == [
+        str(hidden_parent / "a.jpg")]
 
 
 def test_predict_refuses_unwritable_outputs_before_loading_anything(samples_dir, tmp_path):
@@ -318,6 +352,91 @@ def test_json_and_csv_together_is_refused(tiny, samples_dir):
     result = invoke("predict", "--model", tiny, "--json", "--csv", samples_dir)
     assert result.exit_code == 2
     assert_one_line_error(result, "--json", "--csv")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("options, named", [
+    (("--format", "json", "--csv"), "csv, json"),
+    (("--format", "table", "--json"), "json, table"),
+    (("-f", "jsonl", "--json"), "json, jsonl"),
+    (("--format", "jsonl", "--csv"), "csv, jsonl"),
+])
+def test_two_output_formats_are_refused_before_anything_runs(samples_dir, tmp_path, options, named):
+    out = tmp_path / "rows.txt"  # refused before the model is even looked for
+    result = invoke("predict", "--model", tmp_path / "no-such-model.onnx", *options, "-o", out, samples_dir)
+    assert result.exit_code == 2, result.output
+    assert_one_line_error(result, "choose one output format", named)
+    assert result.stdout == "" and not out.exists()
+
+
+def test_an_unknown_format_is_a_usage_error(tiny, samples_dir):
+    assert FORMATS == ("table", "json", "jsonl", "csv")
+    result = invoke("predict", "--model", tiny, "--format", "xml", samples_dir)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "xml" in result.stderr and "Traceback" not in result.output
+
+
+def test_every_format_gives_the_same_rows(tiny, samples_dir, tmp_path, library_faces):
+    """json, jsonl and csv hold the same rows (same keys, same values once CSV's text is typed); --json and --csv
+    are --format json / csv; -o writes what stdout gets; the table shows one line per row."""
+    import cv2
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in SAMPLES:
+        shutil.copy(samples_dir / name, folder / name)
+    cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 128, np.uint8))  # no face
+    (folder / "empty.jpg").write_bytes(b"")  # an error
+    texts, rows = {}, {}
+    for fmt in ("json", "jsonl", "csv", "table"):
+        result = invoke("predict", "--model", tiny, "--format", fmt, folder)
+        assert result.exit_code == PARTIAL_FAILURE_EXIT, result.output
+        assert_one_line_error(result, "1 input(s) could not be processed", "the other 4 were processed")
+        texts[fmt] = result.stdout
+        if fmt != "table":
+            rows[fmt] = parse_rows(result.stdout, fmt)
+    assert rows["json"] == rows["jsonl"] == rows["csv"]
+    got = rows["json"]
+    assert [Path(r["source"]).name for r in got] == [
+        "astronaut.jpg", "blank.png", "empty.jpg", "grace_hopper.jpg", "two_faces.jpg", "two_faces.jpg"]
+    assert [r["face"] for r in got] == [0, None, None, 0, 0, 1]
+    assert [r["error"] is not None for r in got] == [False, False, True, False, False, False]
+    assert "empty.jpg" in got[2]["error"]
+    assert {(r["model"], r["model_version"]) for r in got} == {("tiny-shallow.onnx", tiny_version(tiny))}
+    for row in got:
+        if row["face"] is not None:
+            ref = library_faces[Path(row["source"]).name][row["face"]]
+            assert [row[k] for k in "xywh"] == list(ref.box) and row["emotion"] == ref.emotion
+
+    for alias, fmt in ((("--json",), "json"), (("--csv",), "csv"), (("-f", "jsonl"), "jsonl"),
+                       (("--csv", "--format", "csv"), "csv")):  # the same format twice is no conflict
+        result = invoke("predict", "--model", tiny, *alias, folder)
+        assert result.exit_code == PARTIAL_FAILURE_EXIT and result.stdout == texts[fmt], alias
+    for fmt in FORMATS:
+        out = tmp_path / f"rows.{fmt}"
+        result = invoke("predict", "--model", tiny, "--format", fmt, "-o", out, folder)
+        assert result.exit_code == PARTIAL_FAILURE_EXIT and result.stdout == "", result.output
+        assert out.read_text() == texts[fmt], fmt
+    # without --format, -o's extension picks it; an unknown one gets the table
+    for name, fmt in (("r.csv", "csv"), ("r.JSON", "json"), ("r.jsonl", "jsonl"), ("r.ndjson", "jsonl"),
+                      ("r.txt", "table")):
+        result = invoke("predict", "--model", tiny, "-o", tmp_path / name, folder)
+        assert result.exit_code == PARTIAL_FAILURE_EXIT and (tmp_path / name).read_text() == texts[fmt], name
+    result = invoke("predict", "--model", tiny, "--format", "jsonl", "-o", tmp_path / "forced.csv", folder)
+    assert (tmp_path / "forced.csv").read_text() == texts["jsonl"]  # --format wins over the name
+
+    lines = texts["table"].splitlines()
+    assert lines[0].split()[0] == "source" and "emotion" in lines[0] and "frame" not in lines[0]
+    assert len(lines) == 1 + len(got)
+    for line, row in zip(lines[1:], got):
+        assert line.startswith(row["source"]), (line, row["source"])
+        if row["error"] is not None:
+            assert f"error: {row['error']}" in line
+        elif row["face"] is None:
+            assert "no face found" in line
+        else:
+            assert f"({row['x']}, {row['y']}, {row['w']}, {row['h']})" in line
+            assert f" {row['emotion']} " in line and f"{row['score']:.2f}" in line
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -553,7 +672,7 @@ def test_write_annotated_without_a_run_never_overwrites_its_own_photo(samples_di
     # library use: write_annotated called on its own, with no run-wide set of reserved paths
     import cv2
 
-    from fer_sdk.predict import PhotoResult, write_annotated
+    from fer_sdk.photos import PhotoResult, write_annotated
 
     photo = tmp_path / "astronaut.jpg"
     shutil.copy(samples_dir / "astronaut.jpg", photo)
@@ -566,12 +685,20 @@ def test_write_annotated_without_a_run_never_overwrites_its_own_photo(samples_di
     assert write_annotated(result, tmp_path / "out") == tmp_path / "out" / "astronaut.jpg"  # elsewhere: same name
 
 
-def test_photos_and_videos_in_one_run_are_refused(tiny, samples_dir, tmp_path):
+def test_a_photo_and_a_broken_video_in_one_run(tiny, samples_dir, tmp_path):
+    # photos and videos share one run (and one row schema): the photo's rows, then the video's error row
     video = tmp_path / "clip.mp4"
-    video.write_bytes(b"")  # refused before anything is decoded
-    result = invoke("predict", samples_dir / "astronaut.jpg", video, "--model", tiny)
-    assert result.exit_code == 2
-    assert_one_line_error(result, "photo(s) and 1 video(s)", "separately")
+    video.write_bytes(b"")
+    out = tmp_path / "rows.csv"
+    result = invoke("predict", samples_dir / "astronaut.jpg", video, "--model", tiny, "--csv", "-o", out)
+    assert result.exit_code == PARTIAL_FAILURE_EXIT, result.output
+    assert_one_line_error(result, "1 input(s) could not be processed", "the other 1 were processed")
+    photo, broken = parse_rows(out.read_text(), "csv")
+    assert photo["source"] == str(samples_dir / "astronaut.jpg") and photo["face"] == 0 and photo["frame"] is None
+    assert broken["source"] == str(video) and "clip.mp4" in broken["error"]
+    assert all(broken[k] is None for k in (*FACE_COLUMNS, "frame", "time_s", "track"))
+    assert broken["model"] == "tiny-shallow.onnx" and broken["model_version"] == tiny_version(tiny)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "rows.csv"]  # no temporary file left
 
 
 @pytest.mark.parametrize("flag", [["--fps", "0"], ["--every", "0"]])
@@ -653,13 +780,48 @@ def test_version_help_and_debug_are_accepted_after_the_subcommand(tmp_path):
     assert "fer-sdk: deep-int8" in run("predict", str(samples), "--csv").stderr
 
 
+@pytest.mark.parametrize("fmt, quiet", [("jsonl", False), ("jsonl", True), ("table", True)])
+def test_a_reader_that_goes_away_ends_the_run_quietly_with_141(tiny, samples_dir, tmp_path, fmt, quiet):
+    """`fer-sdk predict ... | head -1`: the console script with stdout a pipe closed after one line; stderr is a
+    pipe too (not a terminal), so no progress bar may show there either."""
+    exe = Path(sys.executable).with_name("fer-sdk")
+    if not exe.is_file():
+        pytest.skip("the fer-sdk console script is not installed beside this Python")
+    folder = tmp_path / "many"
+    folder.mkdir()
+    photo = (samples_dir / "two_faces.jpg").read_bytes()
+    for i in range(300):  # 600 rows, far more than a pipe holds: the writes after the close must fail
+        (folder / f"p{i:03d}.jpg").write_bytes(photo)
+    proc = subprocess.Popen([str(exe), *(["-q"] if quiet else []), "predict", "--model", str(tiny), "--format", fmt,
+                             str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        code = proc.wait(timeout=300)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if fmt == "jsonl":
+        row = json.loads(first)
+        assert row["source"] == str(folder / "p000.jpg") and row["face"] == 0
+    else:
+        assert first.split()[0] == b"source"
+    assert code == 141, (code, err.decode(errors="replace")[-2000:])
+    assert err == b"", err[-2000:]  # no "Broken pipe", no "Exception ignored", no traceback, no summary
+
+
 def test_dash_reads_one_photo_from_stdin(samples_dir, tmp_path):
     photo = (samples_dir / "two_faces.jpg").read_bytes()
     result = CliRunner().invoke(app, ["predict", "--model", "deep-int8", "-", "--json", "--annotate", str(tmp_path)],
                                 input=photo)
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.stdout)
-    assert row["file"] == "-" and len(row["faces"]) == 2
+    rows = parse_rows(result.stdout, "json")
+    assert [(r["source"], r["face"]) for r in rows] == [("-", 0), ("-", 1)]
+    assert {r["annotated"] for r in rows} == {str(tmp_path / "stdin.png")}
+    assert {(r["model"], r["model_version"]) for r in rows} == {("deep-int8", fer_sdk.__version__)}
     assert (tmp_path / "stdin.png").is_file()
     bad = CliRunner().invoke(app, ["predict", "--model", "deep-int8", "-"], input=b"not an image")
     assert bad.exit_code == 3 and "<stdin>: not an accepted image" in bad.stdout
@@ -676,9 +838,10 @@ def test_annotate_keeps_relative_folders_records_its_file_and_crops_are_saved(sa
     result = invoke("predict", "--model", "deep-int8", tmp_path / "in", "--json", "--annotate", out,
                     "--save-crops", crops)
     assert result.exit_code == 0, result.output
-    rows = {r["file"]: r for r in json.loads(result.stdout)}
-    assert rows[str(tmp_path / "in" / "a" / "x.jpg")]["annotated"] == str(out / "a" / "x.jpg")
-    assert rows[str(tmp_path / "in" / "b" / "x.jpg")]["annotated"] == str(out / "b" / "x.jpg")
+    rows = parse_rows(result.stdout, "json")
+    assert [(Path(r["source"]).relative_to(tmp_path / "in").as_posix(), r["face"], r["annotated"]) for r in rows] == [
+        ("a/x.jpg", 0, str(out / "a" / "x.jpg")), ("a/x.jpg", 1, str(out / "a" / "x.jpg")),
+        ("b/x.jpg", 0, str(out / "b" / "x.jpg"))]
     assert sorted(str(p.relative_to(crops)) for p in crops.rglob("*.png")) == [
         "a/x.face0.png", "a/x.face1.png", "b/x.face0.png"]
     crop = cv2.imread(str(crops / "b" / "x.face0.png"))

@@ -14,7 +14,7 @@ QUICK = {
     "non-regular: symlink to /dev/zero in a folder", "non-regular: FIFO named .jpg in a folder",
     "non-regular: a FIFO as eval --data", "output: -o is the input photo",
     "output: --annotate into the input folder keeps an unrelated a.png",
-    "output: a failed video run keeps the earlier results", "dataset: a gzip holding one 1 GB row",
+    "output: a failed video run writes its error row, atomically", "dataset: a gzip holding one 1 GB row",
     "dataset: 100 MB of blank lines", "rest: a non-UTF-8 file name, CSV to a file",
     "metadata: nested 100,000 deep", "model: outputs NaN",
 }

@@ -9,7 +9,6 @@ installed; the ``FerPredictor`` and missing-dependency tests need no Ray. About 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SAMPLES_DIR
+from conftest import ROW_COLUMNS, SAMPLES_DIR
 from typer.testing import CliRunner
 
-from fer_sdk import Classifier
+import fer_sdk
+from fer_sdk import EMOTIONS, Classifier
 from fer_sdk.cli import PARTIAL_FAILURE_EXIT, app
 from fer_sdk.errors import InvalidInputError
 from fer_sdk.images import load_image
 from fer_sdk.ray_batch import RESULT_COLUMNS, FerPredictor
+from fer_sdk.rows import ROW_FIELDS
 
 MODEL = "deep-int8"
 N_PHOTOS = 240
@@ -90,59 +91,110 @@ def local_ray():
     ray.shutdown()
 
 
+#: Rows round probabilities to 6 decimals (fer_sdk.rows.PROB_DIGITS) and the single-process faces are not rounded:
+#: the 1e-6 agreement of the two paths plus half a unit of the 6th decimal.
+ATOL = 1e-6 + 5e-7
+LANDMARK_COLUMNS = [f"{p}_{c}" for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth") for c in "xy"]
+
+
 def assert_same_faces(got: list[dict], want: list[dict], where: str) -> None:
+    """``got``: one input's rows (one per face, or the single face-less row); ``want``: ``Face.to_dict()``s."""
+    if not want:
+        (row,) = got
+        assert row["face"] is None and row["emotion"] is None and row["x"] is None, where
+        assert all(row[e] is None for e in EMOTIONS), where
+        return
     assert len(got) == len(want), where
-    for g, w in zip(got, want):
-        assert g["box"] == w["box"], where
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g["face"] == i, where
+        assert [g["x"], g["y"], g["w"], g["h"]] == w["box"], where
         assert g["emotion"] == w["emotion"], where
-        assert list(g["emotions"]) == list(w["emotions"]), where
-        assert np.allclose(list(g["emotions"].values()), list(w["emotions"].values()), rtol=0, atol=1e-6), (
-            where
-        )
-        assert np.isclose(g["score"], w["score"], rtol=0, atol=1e-6), where
+        assert list(w["emotions"]) == list(EMOTIONS), where
+        assert np.allclose([g[e] for e in EMOTIONS], list(w["emotions"].values()), rtol=0, atol=ATOL), where
+        assert np.isclose(g["score"], w["score"], rtol=0, atol=ATOL), where
+        if w["detection_score"] is None:  # a detector that gives neither score nor landmarks
+            assert g["detection_score"] is None and w["landmarks"] is None, where
+            continue
+        assert np.isclose(g["detection_score"], w["detection_score"], rtol=0, atol=ATOL), where
+        assert np.allclose([g[c] for c in LANDMARK_COLUMNS], np.ravel(w["landmarks"]), rtol=0, atol=0.0051), where  # 2 decimals
+
+
+def group_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows by ``source``; each input's rows must be consecutive (one input's faces are not interleaved)."""
+    by_source: dict[str, list[dict]] = {}
+    last = None
+    for r in rows:
+        assert r["source"] == last or r["source"] not in by_source, f"{r['source']}: rows apart"
+        by_source.setdefault(r["source"], []).append(r)
+        last = r["source"]
+    return by_source
 
 
 def assert_rows_match(rows: list[dict], expected: dict[str, list[dict]], bad: list[str]) -> None:
-    """Every expected photo and bad file appears once; results equal the single-process ones."""
-    by_path = {r["path"]: r for r in rows}
-    assert len(by_path) == len(rows) == len(expected) + len(bad)
+    """Every expected photo and bad file appears (one row per face, one for a photo without faces or an error);
+    results equal the single-process ones; every row names the model."""
+    by_source = group_rows(rows)
+    assert len(by_source) == len(expected) + len(bad)
+    assert len(rows) == sum(max(1, len(w)) for w in expected.values()) + len(bad)
+    assert {(r["model"], r["model_version"]) for r in rows} == {(MODEL, fer_sdk.__version__)}
+    assert all(r["frame"] is None and r["time_s"] is None and r["track"] is None and r["annotated"] is None
+               for r in rows)
     for path, want in expected.items():
-        row = by_path[path]
-        assert row["error"] == "", row["error"]
-        assert row["n_faces"] == len(want), path
-        faces = json.loads(row["faces"])
-        assert_same_faces(faces, want, path)
-        largest = max(want, key=lambda f: f["box"][2] * f["box"][3])["emotion"] if want else ""
-        assert row["emotion"] == largest, path
+        got = by_source[path]
+        assert all(r["error"] is None for r in got), [r["error"] for r in got]
+        assert_same_faces(got, want, path)
     for path in bad:
-        row = by_path[path]
+        (row,) = by_source[path]
         assert row["error"].startswith(path), row["error"]
-        assert (row["n_faces"], row["faces"], row["emotion"]) == (0, "[]", "")
+        assert (row["face"], row["x"], row["emotion"], row["score"]) == (None, None, None, None)
 
 
 def read_parquet_rows(folder: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
+    from fer_sdk.rows import arrow_schema
+
     table = pq.read_table(folder)
-    assert set(RESULT_COLUMNS) <= set(table.column_names)
+    assert tuple(table.column_names[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS == ROW_FIELDS
+    schema = arrow_schema()
+    for name in RESULT_COLUMNS:
+        assert table.schema.field(name).type == schema.field(name).type, name
     return table.to_pylist()
 
 
 # ------------------------------------------------------------------------------------------- no Ray needed
 def test_predictor_batch_without_ray(photos, expected):
-    """FerPredictor on a plain dict batch: bytes rows, a row read from its path, a bad row, extra columns kept."""
+    """FerPredictor on a plain dict batch: bytes rows, a row read from its path, a bad row, extra columns kept;
+    out comes a pyarrow Table of the rows every pipeline writes, one per face, the extra columns repeated."""
+    import pyarrow as pa
+
+    from fer_sdk.rows import arrow_schema
+
     _, good, bad = photos
     pred = FerPredictor(MODEL, batch_size=8)
     paths = [str(p) for p in (*good[:5], bad[1])]
     data = np.array([p.read_bytes() for p in good[:4]] + [None, bad[1].read_bytes()], dtype=object)
-    out = pred({"path": np.array(paths, dtype=object), "bytes": data, "id": np.arange(6)})
-    assert set(out) == {*RESULT_COLUMNS, "id"}
-    assert out["id"].tolist() == list(range(6))
-    rows = [dict(zip(out, values)) for values in zip(*out.values())]
+    labels = np.array([f"label{i}" for i in range(6)], dtype=object)
+    out = pred({"path": np.array(paths, dtype=object), "bytes": data, "id": np.arange(6), "label": labels})
+    assert isinstance(out, pa.Table)
+    assert out.column_names == [*ROW_FIELDS, "id", "label"] and tuple(RESULT_COLUMNS) == ROW_FIELDS == ROW_COLUMNS
+    assert out.schema.field("id").type == pa.int64() and out.schema.field("label").type == pa.string()
+    for field in arrow_schema():
+        assert out.schema.field(field.name).type == field.type, field.name
+    rows = out.to_pylist()
+    counts = [max(1, len(expected[p])) for p in paths[:5]] + [1]
+    assert len(rows) == sum(counts) > len(paths)  # some photos hold several faces: a row each
+    assert [r["id"] for r in rows] == [i for i, n in enumerate(counts) for _ in range(n)]
+    assert all(r["source"] == paths[r["id"]] and r["label"] == f"label{r['id']}" for r in rows)
     assert_rows_match(rows, {p: expected[p] for p in paths[:5]}, [paths[5]])
-    assert "not an accepted image" in rows[5]["error"]
+    assert "not an accepted image" in rows[-1]["error"]
     with pytest.raises(InvalidInputError, match="needs a 'bytes' or 'path' column"):
         pred({"id": np.arange(2)})
+    empty = pred({"path": np.array([], dtype=object), "id": np.arange(0)})
+    assert empty.num_rows == 0 and empty.column_names == [*ROW_FIELDS, "id"]
+    only_bytes = pred({"bytes": np.array([good[0].read_bytes()], dtype=object)}).to_pylist()
+    assert {r["source"] for r in only_bytes} == {"image bytes"}
+    assert_same_faces(only_bytes, expected[str(good[0])], "image bytes")
 
 
 def test_predictor_isolates_a_photo_the_detector_fails_on(photos):
@@ -158,13 +210,17 @@ def test_predictor_isolates_a_photo_the_detector_fails_on(photos):
     paths = [str(p) for p in good[:4]]
     assert sum(load_image(p).shape[:2] == bad_shape for p in paths) == 1
     out = FerPredictor(MODEL, batch_size=8, detector=detector)({"path": np.array(paths, dtype=object)})
-    errors = out["error"].tolist()
+    assert out.column_names == list(ROW_FIELDS)
+    rows = out.to_pylist()
+    assert [r["source"] for r in rows] == paths  # one face each, and one error row
+    errors = [r["error"] for r in rows]
     assert errors[2].startswith(paths[2]) and "detector" in errors[2], errors[2]
-    assert [e for i, e in enumerate(errors) if i != 2] == ["", "", ""]
-    assert out["n_faces"].tolist() == [1, 1, 0, 1]
+    assert [e for i, e in enumerate(errors) if i != 2] == [None, None, None]
+    assert [r["face"] for r in rows] == [0, 0, None, 0]
     clf = Classifier(MODEL, detector=detector)
     for i in (0, 1, 3):
-        assert_same_faces(json.loads(out["faces"][i]), [f.to_dict() for f in clf.analyze(load_image(paths[i]))], paths[i])
+        assert rows[i]["detection_score"] is None and all(rows[i][c] is None for c in LANDMARK_COLUMNS)
+        assert_same_faces([rows[i]], [f.to_dict() for f in clf.analyze(load_image(paths[i]))], paths[i])
 
 
 def test_missing_ray_says_what_to_install(tmp_path):
@@ -202,10 +258,11 @@ def test_local_ray_is_started_and_stopped(photos, expected, tmp_path):
     from fer_sdk.ray_batch import run_ray_predict
 
     good = photos[1][:6]
-    failed = run_ray_predict(
+    run = run_ray_predict(
         good, address="local", local_cpus=2, model=MODEL, output=tmp_path / "o", concurrency=1
     )
-    assert failed == 0
+    assert run.errors == [] and run.images == 6 and run.target == str(tmp_path / "o")
+    assert run.faces == sum(len(expected[str(p)]) for p in good)
     assert not ray.is_initialized()
     assert_rows_match(read_parquet_rows(tmp_path / "o"), {str(p): expected[str(p)] for p in good}, [])
 
@@ -215,13 +272,15 @@ def test_folder_on_ray_matches_single_process(local_ray, photos, expected, tmp_p
 
     folder, _, bad = photos
     out = tmp_path / "results"
-    failed = run_ray_predict([folder], address="local", model=MODEL, batch_size=16, output=out, concurrency=2)
-    assert failed == len(bad)
+    run = run_ray_predict([folder], address="local", model=MODEL, batch_size=16, output=out, concurrency=2)
+    assert len(run.errors) == len(bad)
+    assert sorted(next(str(b) for b in bad if e.startswith(str(b))) for e in run.errors) == sorted(map(str, bad))
+    assert run.images == N_PHOTOS + len(bad) and run.faces == sum(len(w) for w in expected.values())
+    assert (run.target, run.actors) == (str(out), 2)
     assert_rows_match(read_parquet_rows(out), expected, [str(p) for p in bad])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # the temporary sibling is gone
     assert local_ray.is_initialized()  # an instance it did not start is left running
-    err = capsys.readouterr().err
-    assert f"{N_PHOTOS + len(bad)} images" in err and f"{len(bad)} errors" in err
+    assert "fer-sdk" not in capsys.readouterr().err  # the library prints nothing; the CLI prints the summary
 
 
 def test_parquet_input_and_extra_columns(local_ray, photos, expected, tmp_path):
@@ -243,20 +302,25 @@ def test_parquet_input_and_extra_columns(local_ray, photos, expected, tmp_path):
     pq.write_table(table.slice(20), tmp_path / "in" / "part-1.parquet")
 
     out = tmp_path / "out"
-    failed = run_ray_predict([tmp_path / "in"], address="local", model=MODEL, output=out, concurrency=1)
-    assert failed == 2
+    run = run_ray_predict([tmp_path / "in"], address="local", model=MODEL, output=out, concurrency=1)
+    assert len(run.errors) == 2 and run.images == len(paths)
     rows = read_parquet_rows(out)
     assert_rows_match(rows, {str(p): expected[str(p)] for p in chosen}, [str(bad[0]), missing])
 
     ds = local_ray.data.read_parquet(str(tmp_path / "in" / "part-0.parquet")).select_columns(["id", "bytes"])
     rows = predict_dataset(ds, model=MODEL, batch_size=8).take_all()
-    assert sorted(r["id"] for r in rows) == list(range(20))
+    assert sorted({r["id"] for r in rows}) == list(range(20))
+    by_id: dict[int, list[dict]] = {}
     for r in rows:
-        assert "bytes" not in r
-        if r["id"] % 2:
-            assert_same_faces(json.loads(r["faces"]), expected[paths[r["id"]]], paths[r["id"]])
+        assert list(r) == [*ROW_FIELDS, "id"]  # no bytes, no path
+        by_id.setdefault(r["id"], []).append(r)
+    for i, got in sorted(by_id.items()):
+        assert {r["source"] for r in got} == {"image bytes"}
+        if i % 2:
+            assert_same_faces(sorted(got, key=lambda r: r["face"] or 0), expected[paths[i]], paths[i])
         else:  # no bytes and no path
-            assert r["error"] == "row has neither image bytes nor a path"
+            (row,) = got
+            assert row["error"] == "row has neither image bytes nor a path" and row["face"] is None
 
 
 def test_cli_predict_ray_local(local_ray, photos, expected, tmp_path):
@@ -268,8 +332,15 @@ def test_cli_predict_ray_local(local_ray, photos, expected, tmp_path):
     out = tmp_path / "all"
     result = runner.invoke(app, ["predict", str(folder), "--ray", "local", "--output", str(out), "-m", MODEL])
     assert result.exit_code == PARTIAL_FAILURE_EXIT, result.output
-    assert pq.read_table(out).num_rows == N_PHOTOS + len(bad)
+    table = pq.read_table(out)
+    assert table.column_names == list(ROW_FIELDS)  # a folder of photos: no passthrough columns
+    assert table.num_rows == sum(max(1, len(w)) for w in expected.values()) + len(bad) > N_PHOTOS + len(bad)
+    assert len(set(table.column("source").to_pylist())) == N_PHOTOS + len(bad)
     assert f"{len(bad)} input(s) could not be processed" in result.stderr
+    faces = sum(len(w) for w in expected.values())
+    assert f"ray: {N_PHOTOS + len(bad)} image(s), {faces} face(s), {len(bad)} error(s) -> {out}" in result.stderr
+    assert sum(line.startswith("fer-sdk: error: ") and any(str(b) in line for b in bad)
+               for line in result.stderr.splitlines()) == len(bad)
 
     clean = tmp_path / "clean"
     clean.mkdir()

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import pytest
+from conftest import ROW_COLUMNS, parse_rows
 from typer.testing import CliRunner
 
+import fer_sdk
 from fer_sdk import Classifier
-from fer_sdk.cli import app
+from fer_sdk.cli import PARTIAL_FAILURE_EXIT, app
 from fer_sdk.errors import InvalidInputError
-from fer_sdk.video import ROW_FIELDS, frame_step, iter_video_faces, make_test_video
+from fer_sdk.rows import ROW_FIELDS
+from fer_sdk.video import frame_step, iter_video_faces, make_test_video, video_rows
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +33,14 @@ def clf(tiny_models):
     return Classifier(tiny_models.fp32)
 
 
-def test_rows_match_per_frame_analysis(clip, clf):
+def test_rows_match_per_frame_analysis(clip, clf, tiny_models):
     rows = list(iter_video_faces(clf, clip, every=1))
+    assert rows and all(tuple(r) == ROW_FIELDS == ROW_COLUMNS for r in rows)
+    version = "sha256:" + hashlib.sha256(tiny_models.fp32.read_bytes()).hexdigest()[:12]
+    for r in rows:  # the rows every pipeline writes: source, frame, time, track, model
+        assert r["source"] == str(clip) and r["error"] is None and r["annotated"] is None
+        assert isinstance(r["frame"], int) and isinstance(r["track"], int) and isinstance(r["time_s"], float)
+        assert (r["model"], r["model_version"]) == ("tiny-shallow.onnx", version) == (clf.model_name, clf.model_version)
     cap = cv2.VideoCapture(str(clip))
     expected = []
     while True:
@@ -68,22 +80,41 @@ def test_sampling_every_and_fps(clip, clf):
 def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path):
     runner = CliRunner()
     out = tmp_path / "rows.jsonl"
-    result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--json", "--every", "2",
-                                 "-o", str(out), "--annotate", str(tmp_path / "ann")])
+    result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--format", "jsonl",
+                                 "--every", "2", "-o", str(out), "--annotate", str(tmp_path / "ann")])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows and set(rows[0]) == set(ROW_FIELDS)
-    assert all(r["frame"] % 2 == 0 for r in rows)
+    assert result.stdout == ""
+    rows = parse_rows(out.read_text(), "jsonl")
+    assert rows and all(r["frame"] % 2 == 0 for r in rows)
     annotated = tmp_path / "ann" / "clip.annotated.mp4"
+    assert {r["annotated"] for r in rows} == {str(annotated)} and {r["source"] for r in rows} == {str(clip)}
+    assert all(r["error"] is None and r["face"] is not None for r in rows)
+    assert [(r["frame"], r["face"]) for r in rows] == sorted((r["frame"], r["face"]) for r in rows)
     cap = cv2.VideoCapture(str(annotated))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 6
     ok, frame = cap.read()
     assert ok and frame.shape == (240, 320, 3)
 
+    plain = [r | {"annotated": None} for r in rows]  # the same run without --annotate
+    for fmt in ("csv", "json", "jsonl"):
+        result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--format", fmt,
+                                     "--every", "2"])
+        assert result.exit_code == 0, result.output
+        assert parse_rows(result.stdout, fmt) == plain, fmt
     result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--csv"])
     assert result.exit_code == 0
     parsed = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert parsed and list(parsed[0]) == ROW_FIELDS
+    assert parsed and list(parsed[0]) == list(ROW_FIELDS)
+    assert len(parsed) > len(rows)  # every frame, not every other one
+
+    table = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--every", "2"])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:5] == ["source", "frame", "time_s", "track", "face"]  # video columns shown
+    assert len(lines) == 1 + len(rows)
+    for line, row in zip(lines[1:], rows):
+        assert line.split()[:5] == [str(clip), str(row["frame"]), f"{row['time_s']:.3f}", str(row["track"]),
+                                    str(row["face"])], line
 
 
 def test_same_named_videos_get_separate_annotated_copies(clip, tiny_models, tmp_path):
@@ -106,8 +137,104 @@ def test_unreadable_video_is_reported_not_raised(tmp_path, tiny_models):
     bad.write_bytes(b"not a video at all")
     result = CliRunner().invoke(app, ["predict", str(bad), "--model", str(tiny_models.fp32), "--csv"])
     assert result.exit_code == 2  # the only input failed: its own code (InvalidInputError), not 8
-    assert "broken.mp4" in result.output
     assert "Traceback" not in result.output
+    (row,) = parse_rows(result.stdout, "csv")  # the failure is a row of the output, not only a stderr line
+    assert row["source"] == str(bad) and "broken.mp4" in row["error"] and "OpenCV cannot open" in row["error"]
+    assert all(row[k] is None for k in ROW_FIELDS if k not in ("source", "model", "model_version", "error"))
+    assert row["model"] == "tiny-shallow.onnx" and row["model_version"].startswith("sha256:")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fer-sdk: error: none of the 1 input(s)"), result.stderr
+    with pytest.raises(InvalidInputError, match="broken.mp4"):  # the library raises; the CLI makes it a row
+        list(video_rows(Classifier(tiny_models.fp32), bad))
+
+
+def test_a_failed_video_is_an_error_row_beside_the_good_ones(clip, tiny_models, tmp_path):
+    good, bad = tmp_path / "a_clip.mp4", tmp_path / "b_broken.mp4"
+    shutil.copy(clip, good)
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))  # an MP4 header, nothing after it
+    out = tmp_path / "rows.json"
+    out.write_text("earlier results")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(tiny_models.fp32), "--format", "json",
+                                      "--every", "3", "-o", str(out)])
+    assert result.exit_code == PARTIAL_FAILURE_EXIT, result.output
+    assert "1 input(s) could not be processed" in result.stderr and "the other 1 were processed" in result.stderr
+    rows = parse_rows(out.read_text(), "json")  # written (atomically) although an input failed
+    *frames, failed = rows
+    assert frames and {r["source"] for r in frames} == {str(good)} and all(r["error"] is None for r in frames)
+    assert [r["frame"] for r in frames] == sorted(r["frame"] for r in frames) and all(r["frame"] % 3 == 0 for r in frames)
+    assert failed["source"] == str(bad) and "b_broken.mp4" in failed["error"]
+    assert failed["frame"] is failed["face"] is failed["emotion"] is None
+    assert frames == parse_rows(CliRunner().invoke(app, ["predict", str(good), "--model", str(tiny_models.fp32),
+                                                         "--json", "--every", "3"]).stdout, "json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_clip.mp4", "b_broken.mp4", "rows.json"]
+
+
+def test_photos_and_a_video_in_one_folder_are_one_run(clip, tiny_models, samples_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("two_faces.jpg", "astronaut.jpg"):
+        shutil.copy(samples_dir / name, folder / name)
+    shutil.copy(clip, folder / "a_clip.mp4")  # sorts first, yet photos come first, then videos
+    model = str(tiny_models.fp32)
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(folder), "--model", model, "--json", "--every", "4"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "2 photo(s), 1 video(s)" in lines[0], result.stderr
+    rows = parse_rows(result.stdout, "json")
+    photos = [r for r in rows if r["frame"] is None]
+    videos = [r for r in rows if r["frame"] is not None]
+    assert rows == photos + videos and photos and videos
+    assert [(Path(r["source"]).name, r["face"]) for r in photos] == [
+        ("astronaut.jpg", 0), ("two_faces.jpg", 0), ("two_faces.jpg", 1)]
+    assert all(r["time_s"] is None and r["track"] is None for r in photos)
+    assert {r["source"] for r in videos} == {str(folder / "a_clip.mp4")}
+    assert {r["frame"] for r in videos} == {0, 4, 8}
+    assert all(isinstance(r["track"], int) and r["time_s"] == pytest.approx(r["frame"] / 10) for r in videos)
+    assert len({(r["model"], r["model_version"]) for r in rows}) == 1 and rows[0]["model"] == "tiny-shallow.onnx"
+    # the same rows as photos alone and the video alone
+    alone = runner.invoke(app, ["predict", str(folder / "astronaut.jpg"), str(folder / "two_faces.jpg"),
+                                "--model", model, "--json"])
+    assert parse_rows(alone.stdout, "json") == photos
+    alone = runner.invoke(app, ["predict", str(folder / "a_clip.mp4"), "--model", model, "--json", "--every", "4"])
+    assert parse_rows(alone.stdout, "json") == videos
+    # the table shows the video columns, empty for photos
+    table = runner.invoke(app, ["predict", str(folder), "--model", model, "--every", "4"])
+    assert table.exit_code == 0, table.output
+    head, *body = table.stdout.splitlines()
+    assert head.split()[:5] == ["source", "frame", "time_s", "track", "face"] and len(body) == len(rows)
+    assert body[0].split()[:2] == [str(folder / "astronaut.jpg"), "0"]  # the photo's face number, no frame
+    assert body[-1].split()[:2] == [str(folder / "a_clip.mp4"), str(videos[-1]["frame"])]
+
+    # crops (photos) and smoothing + summary (videos) each apply to their part of a mixed run
+    crops, summary = tmp_path / "crops", tmp_path / "summary.json"
+    both = runner.invoke(app, ["predict", str(folder), "--model", model, "--csv", "--every", "4", "--save-crops",
+                               str(crops), "--smooth", "1", "--summary", str(summary)])
+    assert both.exit_code == 0, both.output
+    assert sorted(p.name for p in crops.iterdir()) == ["astronaut.face0.png", "two_faces.face0.png",
+                                                       "two_faces.face1.png"]
+    (entry,) = json.loads(summary.read_text())
+    assert entry["video"] == str(folder / "a_clip.mp4") and entry["frames_sampled"] == 3
+    smoothed = parse_rows(both.stdout, "csv")
+    assert [r for r in smoothed if r["frame"] is None] == photos  # smoothing leaves photos alone
+    assert len(smoothed) == len(rows) and entry["face_rows"] == len(videos)
+
+
+@pytest.mark.parametrize("inputs, option, needle", [
+    ("video", ["--save-crops", "OUT"], "--save-crops saves the faces of photos"),
+    ("photo", ["--smooth", "1"], "--smooth and --summary apply to videos"),
+    ("photo", ["--summary", "OUT"], "--smooth and --summary apply to videos"),
+])
+def test_options_for_the_other_kind_of_input_are_refused(clip, tiny_models, samples_dir, tmp_path, inputs, option,
+                                                         needle):
+    path = clip if inputs == "video" else samples_dir / "astronaut.jpg"
+    option = [str(tmp_path / "out") if o == "OUT" else o for o in option]
+    result = CliRunner().invoke(app, ["predict", str(path), "--model", str(tiny_models.fp32), *option])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fer-sdk: error: ") and needle in lines[0], result.stderr
+    assert result.stdout == "" and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_tracks_follow_faces_and_smoothing_averages_each_track(tmp_path, samples_dir):
@@ -150,12 +277,14 @@ def test_tracks_follow_faces_and_smoothing_averages_each_track(tmp_path, samples
 def test_cli_writes_a_video_summary(tmp_path, clip):
     out = tmp_path / "summary.json"
     result = CliRunner().invoke(app, ["predict", "--model", "deep-int8", str(clip), "--smooth", "1", "--summary",
-                                      str(out), "-o", str(tmp_path / "rows.csv")])
+                                      str(out), "--csv", "-o", str(tmp_path / "rows.csv")])
     assert result.exit_code == 0, result.output
     (summary,) = json.loads(out.read_text())
     assert summary["video"] == str(clip) and summary["frames_sampled"] == 12 and summary["faces_seen"] >= 3
     rows = list(csv.DictReader(io.StringIO((tmp_path / "rows.csv").read_text())))
     assert {r["track"] for r in rows} == {str(t["track"]) for t in summary["tracks"]}
+    assert summary["face_rows"] == len(rows)
+    assert {(r["model"], r["model_version"]) for r in rows} == {("deep-int8", fer_sdk.__version__)}
 
 
 def test_tracker_follows_moving_and_reordered_faces():
