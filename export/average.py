@@ -1,7 +1,7 @@
 """Weight averaging (SWA): average the networks of several epochs of one run, then re-estimate batch norm.
 
     fer-sdk train ... --out runs/deep-ft --snapshots
-    python -m fer_sdk.export.average --data fer2013.csv.gz --run runs/deep-ft --epochs 20-32 --out runs/deep-swa
+    fer-sdk models average --data fer2013.csv.gz --run runs/deep-ft --epochs 20-32 --out runs/deep-swa
 
 Averaging the weights of the last epochs of a run (Izmailov et al. 2018, "Averaging Weights Leads to Wider
 Optima") lands in the middle of the region SGD wanders in, which usually generalizes better than any one
@@ -13,16 +13,14 @@ ship step take it as is; ``metrics.json`` records the source run and epochs, whi
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.errors import FerSdkError
+from fer_sdk.errors import FerSdkError, InvalidInputError
 from fer_sdk.io import atomic_path, atomic_write_json
 
 
@@ -32,10 +30,10 @@ def parse_epochs(spec: str) -> list[int]:
     for part in str(spec).split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match:
-            raise FerSdkError(f"--epochs {spec!r}: use a range like 20-32 or a list like 20,24,28")
+            raise InvalidInputError(f"--epochs {spec!r}: use a range like 20-32 or a list like 20,24,28")
         lo, hi = int(match[1]), int(match[2] or match[1])
         if lo < 1 or hi < lo:
-            raise FerSdkError(f"--epochs {spec!r}: ranges go from a low epoch >= 1 to a higher one, e.g. 20-32")
+            raise InvalidInputError(f"--epochs {spec!r}: ranges go from a low epoch >= 1 to a higher one, e.g. 20-32")
         epochs.update(range(lo, hi + 1))
     return sorted(epochs)
 
@@ -150,21 +148,10 @@ def average_run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .train import load_splits
+    """``fer-sdk models average ARGS`` is ``fer-sdk models average ARGS``."""
+    from fer_sdk.cli import run_as
 
-    ap = argparse.ArgumentParser(description="Average the weights of a run's epochs (SWA) into a new run folder.")
-    ap.add_argument("--data", type=Path, required=True, help="FER2013 CSV / folder (Training + PublicTest)")
-    ap.add_argument("--run", type=Path, required=True, help="a run trained with --snapshots")
-    ap.add_argument("--epochs", required=True, help="which epochs, e.g. 20-32")
-    ap.add_argument("--out", type=Path, required=True, help="new run folder for the averaged network")
-    ap.add_argument("--bn-faces", type=int, default=10000, help="Training faces for batch-norm statistics")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    try:
-        average_run(args.run, parse_epochs(args.epochs), args.out, load_splits(args.data), bn_faces=args.bn_faces,
-                    seed=args.seed, log=lambda m: print(m, file=sys.stderr))
-    except FerSdkError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    run_as(["models", "average"], argv)
 
 
 if __name__ == "__main__":

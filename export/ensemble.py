@@ -1,6 +1,6 @@
 """Weighted ensembles of exported FER models as one ONNX file.
 
-    python -m fer_sdk.export.ensemble --member deep-int8=0.7 --member shallow-int8=0.3 --out ensemble-int8.onnx
+    fer-sdk models ensemble --member deep-int8=0.7 --member shallow-int8=0.3 --out ensemble-int8.onnx
 
 Every member (a bundled name or an ``.onnx`` path exported by this project) reads the same ``faces`` input;
 the ensemble's ``probabilities`` are ``sum(weight_i * probabilities_i)`` with the weights normalised to sum
@@ -11,7 +11,6 @@ file is written only after ONNX Runtime shows it equals the weighted average of 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, METADATA_FORMAT, OUTPUT_NAME
-from fer_sdk.errors import FerSdkError, InvalidInputError, ModelError
+from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes, check_output_file
 from fer_sdk.registry import resolve_model
 
@@ -285,16 +284,11 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     return report
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Average exported FER models into one ONNX file.")
-    ap.add_argument("--member", action="append", default=[], required=True,
-                    help="MODEL=WEIGHT, a bundled name or .onnx path; repeat for each member")
-    ap.add_argument("--out", type=Path, required=True, help="the ensemble .onnx to write")
-    args = ap.parse_args(argv)
-    try:
-        build_ensemble(args.member, args.out)
-    except FerSdkError as exc:
-        ap.exit(exc.exit_code, f"error: {exc}\n")
+def main(argv: list[str] | None = None) -> None:
+    """``fer-sdk models ensemble ARGS`` is ``fer-sdk models ensemble ARGS``."""
+    from fer_sdk.cli import run_as
+
+    run_as(["models", "ensemble"], argv)
 
 
 if __name__ == "__main__":

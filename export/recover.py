@@ -1,6 +1,6 @@
 """Rebuild the Keras network from a bundled fp32 ONNX model, to fine-tune it further when its run is gone.
 
-    python -m fer_sdk.export.recover deep --data fer2013.csv.gz --out runs/deep-start.keras
+    fer-sdk models recover deep --data fer2013.csv.gz --out runs/deep-start.keras
 
 tf2onnx keeps the conv / dense weights as they are and turns each batch norm into ``Mul(s)`` + ``Add(b)``. The
 network is rebuilt from the model's ``architecture`` metadata, weights are copied, and each batch norm gets
@@ -11,16 +11,13 @@ checked against the ONNX model on the given faces before it is written.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from fer_sdk.constants import METADATA_KEY
-from fer_sdk.errors import FerSdkError, ModelError
-from fer_sdk.io import atomic_path
+from fer_sdk.errors import ModelError
 
 
 def _nodes(graph, op: str, layer: str) -> list:
@@ -100,25 +97,10 @@ def recover_network(onnx_path: str | Path, faces: np.ndarray, *, max_diff: float
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fer_sdk.data import load_split
+    """``fer-sdk models recover ARGS`` is ``fer-sdk models recover ARGS``."""
+    from fer_sdk.cli import run_as
 
-    ap = argparse.ArgumentParser(description="Rebuild a .keras network from a fer-sdk fp32 ONNX model.")
-    ap.add_argument("model", help="a bundled fp32 model name (deep, shallow) or the path of an fp32 ONNX export")
-    ap.add_argument("--data", type=Path, required=True, help="FER2013 CSV / folder (Training faces)")
-    ap.add_argument("--out", type=Path, required=True, help="the .keras file to write")
-    ap.add_argument("--faces", type=int, default=6000, help="Training faces for batch-norm statistics")
-    args = ap.parse_args(argv)
-    try:
-        from fer_sdk.registry import resolve_model
-
-        model_path, _ = resolve_model(args.model)  # bundled names and paths; a missing file is a ModelError
-        faces, _ = load_split(args.data, "Training")
-        net, diff = recover_network(model_path, faces[: args.faces])
-        with atomic_path(args.out) as tmp:
-            net.save(tmp)
-    except FerSdkError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(f"wrote {args.out} (max |diff| vs {args.model}: {diff:.1e})", file=sys.stderr)
+    run_as(["models", "recover"], argv)
 
 
 if __name__ == "__main__":

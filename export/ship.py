@@ -1,8 +1,9 @@
 """Bundle trained runs into the package: fp32 + INT8 ONNX, model cards, and the manifest with sha256.
 
-    python -m fer_sdk.export.ship --data fer2013.csv.gz --run shallow=runs/shallow --run deep=runs/deep
+    fer-sdk models ship --into fer_sdk/models --data fer2013.csv.gz --run shallow=runs/shallow --run deep=runs/deep
 
-For each ``name=RUN_DIR`` it exports ``name.onnx`` and ``name-int8.onnx`` into ``fer_sdk/models/``; each
+For each ``name=RUN_DIR`` it exports ``name.onnx`` and ``name-int8.onnx`` into ``--into`` (a checkout's
+``fer_sdk/models/``; the library default of ``models_dir`` is the imported package's folder); each
 ``--ensemble NAME=MEMBER:WEIGHT,...`` then averages bundled models into ``NAME.onnx`` (export/ensemble.py).
 It evaluates every file with ONNX Runtime on PublicTest, writes ``cards/<model>.{json,md,png}`` and rewrites
 ``manifest.json``. Every number on a card comes from this command's own evaluation.
@@ -10,13 +11,12 @@ It evaluates every file with ONNX Runtime on PublicTest, writes ``cards/<model>.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex
 from pathlib import Path
 
-from fer_sdk.errors import FerSdkError, InvalidInputError
+from fer_sdk.errors import InvalidInputError
 from fer_sdk.framing import Framing
 from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
@@ -237,7 +237,7 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
                 f"statistics re-estimated on {avg['bn_faces']:,} Training faces"
             )
             stage["command"] = (
-                f"python -m fer_sdk.export.average --data fer2013.csv.gz --run {outs[i - 1] if i else avg['run']} "
+                f"fer-sdk models average --data fer2013.csv.gz --run {outs[i - 1] if i else avg['run']} "
                 f"--epochs {span} --out {outs[i]} --bn-faces {avg['bn_faces']} --seed {avg['seed']}"
             )
             stage["best_epoch"] = None
@@ -353,7 +353,7 @@ def _build_ensembles(manifest: dict, models_dir: Path, ensembles: dict, data: Pa
         path = models_dir / f"{name}.onnx"
         files = [(models_dir / manifest["models"][m]["file"], w) for m, w in members]
         report = build_ensemble(files, path, log=log)
-        command = "python -m fer_sdk.export.ensemble " + " ".join(
+        command = "fer-sdk models ensemble " + " ".join(
             f"--member {m['name']}={w:g}" for m, (_, w) in zip(report["members"], members)
         ) + f" --out {path.name}"
         extra = {"architecture": "ensemble", "parameters": report["parameters"],
@@ -495,50 +495,11 @@ def models_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Bundle trained runs into fer_sdk/models.")
-    ap.add_argument("--data", type=Path, help="FER2013 CSV (.csv.gz) with Training and PublicTest")
-    ap.add_argument("--run", action="append", default=[], help="ARCH=RUN_DIR, e.g. deep=runs/deep")
-    ap.add_argument("--table", action="store_true", help="print the README models table and exit")
-    ap.add_argument("--ensemble", action="append", default=[],
-                    help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. "
-                    "ensemble-int8=deep-int8:0.7,shallow-int8:0.3 (built after the runs)")
-    ap.add_argument("--default", default=None, help="the model Classifier() loads by default")
-    ap.add_argument("--requantize", action="append", default=[], metavar="ARCH",
-                    help="quantize the bundled fp32 model ARCH (e.g. deep) to INT8 again and rebuild its ensembles")
-    args = ap.parse_args(argv)
-    if args.table:
-        print(models_table(json.loads((bundled_models_dir() / "manifest.json").read_text())))
-        return
-    if args.requantize:
-        if args.data is None or args.run or args.ensemble:
-            ap.error("--requantize ARCH takes --data FER2013.csv.gz and no --run or --ensemble")
-        try:
-            requantize(args.requantize, args.data)
-        except FerSdkError as exc:
-            ap.exit(exc.exit_code, f"error: {exc}\n")
-        return
-    if not (args.run or args.ensemble) or args.data is None:
-        ap.error("pass --data FER2013.csv.gz and at least one --run ARCH=RUN_DIR or --ensemble (or --table)")
-    runs, ensembles = {}, {}
-    for item in args.run:
-        arch, sep, run = item.partition("=")
-        if not sep or not arch or not run:
-            ap.error(f"--run {item!r} must be ARCH=RUN_DIR, e.g. deep=runs/deep")
-        runs[arch] = Path(run)
-    for item in args.ensemble:
-        name, _, members = item.partition("=")
-        parts = members.split(",")
-        if not name or not all(":" in part and part.split(":", 1)[0] for part in parts):
-            ap.error(f"--ensemble {item!r} must be NAME=MEMBER:WEIGHT,MEMBER:WEIGHT, e.g. "
-                     "ensemble-int8=deep-int8:0.7,shallow-int8:0.3")
-        if name in ensembles:
-            ap.error(f"--ensemble {name!r} is given twice")
-        ensembles[name] = [part.replace(":", "=", 1) for part in parts]
-    try:
-        ship(runs, args.data, default=args.default, ensembles=ensembles)
-    except FerSdkError as exc:
-        ap.exit(exc.exit_code, f"error: {exc}\n")
+def main(argv: list[str] | None = None) -> None:
+    """``fer-sdk models ship ARGS`` is ``fer-sdk models ship ARGS``."""
+    from fer_sdk.cli import run_as
+
+    run_as(["models", "ship"], argv)
 
 
 if __name__ == "__main__":

@@ -295,9 +295,31 @@ def _format_of(output: Path | None, ray: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- models
-@app.command()
-def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+models_app = typer.Typer(
+    help="The bundled models: list them (no subcommand), or build and ship new ones (needs the train extra for "
+    "ship, average and recover).",
+    no_args_is_help=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models_app, name="models")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List the bundled models with size, sha256, parameters and accuracy (or run a subcommand)."""
+    if ctx.invoked_subcommand is None:
+        _list_models(json_out)
+
+
+@models_app.command("list")
+def models_list(json_out: JsonOpt = False) -> None:
     """List the bundled models with size, sha256, parameters and accuracy."""
+    _list_models(json_out)
+
+
+def _list_models(json_out: bool) -> None:
     with _errors():
         from .registry import default_model_name, list_models
 
@@ -350,6 +372,126 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
             )
         console = Console()
         Console(width=max(console.width, 110) if not console.is_terminal else None).print(table)  # pipes: 110
+
+
+def _pairs(values: list[str], option: str, example: str) -> list[tuple[str, str]]:
+    out = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InvalidInputError(f"{option} {item!r} must be KEY=VALUE, e.g. {option} {example}")
+        out.append((key, value))
+    return out
+
+
+@models_app.command("ship")
+def models_ship(
+    into: Annotated[Path, typer.Option(help="The models folder to write: a checkout's fer_sdk/models (never "
+                                       "guessed, so an installed package is not rewritten by accident).")],
+    data: Annotated[Path | None, typer.Option(help="FER2013 CSV (.csv.gz) with Training and PublicTest.")] = None,
+    run: Annotated[list[str] | None, typer.Option(help="ARCH=RUN_DIR, e.g. deep=runs/deep; repeat per model.")] = None,
+    ensemble: Annotated[list[str] | None, typer.Option(
+        help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. ensemble-int8=deep-int8:0.7,shallow-int8:0.3 "
+        "(built after the runs).")] = None,
+    default: Annotated[str | None, typer.Option(help="The model Classifier() loads by default.")] = None,
+    requantize: Annotated[list[str] | None, typer.Option(
+        help="Quantize the bundled fp32 model ARCH (e.g. deep) to INT8 again and rebuild its ensembles.")] = None,
+    table: Annotated[bool, typer.Option("--table", help="Print the README's models table of INTO and exit.")] = False,
+) -> None:
+    """Bundle trained runs (or re-quantize bundled models) into a models folder: ONNX, INT8, cards, manifest."""
+    with _errors():
+        if table:
+            from .export.ship import models_table
+
+            manifest = into / "manifest.json"
+            if not manifest.is_file():
+                raise InvalidInputError(f"--into {into}: no manifest.json there; pass a models folder")
+            typer.echo(models_table(json.loads(manifest.read_text())))
+            return
+        runs = dict(_pairs(run or [], "--run", "deep=runs/deep"))
+        ensembles: dict[str, list[str]] = {}
+        for name, members in _pairs(ensemble or [], "--ensemble", "ensemble-int8=deep-int8:0.7,shallow-int8:0.3"):
+            parts = members.split(",")
+            if not all(":" in part and part.split(":", 1)[0] for part in parts):
+                raise InvalidInputError(f"--ensemble {name}={members!r}: members must be MEMBER:WEIGHT, e.g. "
+                                        "deep-int8:0.7,shallow-int8:0.3")
+            if name in ensembles:
+                raise InvalidInputError(f"--ensemble {name!r} is given twice")
+            ensembles[name] = [part.replace(":", "=", 1) for part in parts]
+        if data is None:
+            raise InvalidInputError("models ship needs --data FER2013.csv.gz (Training and PublicTest)")
+        if runs or requantize:  # exporting and quantizing need TensorFlow / ONNX tools; ensembles only onnx
+            _require_train_extra()
+        from .export.ship import requantize as run_requantize
+        from .export.ship import ship
+
+        if requantize:
+            if runs or ensembles:
+                raise InvalidInputError("--requantize ARCH takes no --run or --ensemble; run them separately")
+            run_requantize(list(requantize), data, models_dir=into)
+            return
+        if not runs and not ensembles:
+            raise InvalidInputError("pass at least one --run ARCH=RUN_DIR or --ensemble (or --requantize, --table)")
+        ship(runs, data, models_dir=into, default=default, ensembles=ensembles)
+
+
+@models_app.command("ensemble")
+def models_ensemble(
+    member: Annotated[list[str], typer.Option(help="MODEL=WEIGHT: a bundled name or .onnx path; repeat per member.")],
+    out: Annotated[Path, typer.Option(help="The ensemble .onnx to write (atomically).")],
+) -> None:
+    """Average exported models' probabilities into one ONNX file (parity-checked against its members)."""
+    with _errors():
+        from .export.ensemble import build_ensemble
+
+        build_ensemble(list(member), out, log=_info)
+
+
+@models_app.command("average")
+def models_average(
+    data: Annotated[Path, typer.Option(help="FER2013 CSV / folder (Training + PublicTest).")],
+    run: Annotated[Path, typer.Option(help="A run trained with --snapshots.")],
+    epochs: Annotated[str, typer.Option(help="Which epochs' weights to average, e.g. 20-32.")],
+    out: Annotated[Path, typer.Option(help="A new run folder for the averaged network.")],
+    bn_faces: Annotated[int, typer.Option(min=1, help="Training faces for the batch-norm statistics.")] = 10000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Average the weights of a run's epochs (SWA) into a new run folder (then `fer-sdk export` it)."""
+    with _errors():
+        from .export.average import parse_epochs
+
+        chosen = parse_epochs(epochs)
+        _require_train_extra()
+        from .export.average import average_run
+        from .export.config import invocation
+        from .export.train import load_splits
+
+        average_run(run, chosen, out, load_splits(data), bn_faces=bn_faces, seed=seed, log=_info,
+                    command=invocation())
+
+
+@models_app.command("recover")
+def models_recover(
+    model: Annotated[str, typer.Argument(help="A bundled fp32 model name (deep, shallow) or an fp32 ONNX export.")],
+    data: Annotated[Path, typer.Option(help="FER2013 CSV / folder (Training faces).")],
+    out: Annotated[Path, typer.Option(help="The .keras file to write (atomically).")],
+    faces: Annotated[int, typer.Option(min=1, help="Training faces for the batch-norm statistics.")] = 6000,
+) -> None:
+    """Rebuild a .keras network from an fp32 ONNX model this project exported (to fine-tune it again)."""
+    with _errors():
+        from .registry import resolve_model
+
+        model_path, _ = resolve_model(model)  # bundled names and paths; a missing file is a ModelError
+        _require_train_extra()
+        from .data import load_split
+        from .export.recover import recover_network
+        from .io import atomic_path
+
+        x, _ = load_split(data, "Training")
+        net, diff = recover_network(model_path, x[:faces])
+        with atomic_path(out) as tmp:
+            net.save(tmp)
+        _info(f"wrote {out} (max |diff| vs {model}: {diff:.1e})")
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -527,6 +669,14 @@ def _require_train_extra() -> None:
     from .runtime import import_onnxruntime
 
     import_onnxruntime()
+
+
+def run_as(command: list[str], argv: list[str] | None = None) -> None:
+    """``python -m fer_sdk.export.NAME ARGS`` runs ``fer-sdk models NAME ARGS`` (older recorded commands keep
+    working); exits like the console script."""
+    import sys
+
+    app(args=hoist_global_flags([*command, *(sys.argv[1:] if argv is None else argv)]), prog_name="fer-sdk")
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ def test_average_run_writes_a_run_the_card_chains(snap_run, splits, tmp_path):
     assert first["command"].startswith("fer-sdk train --arch shallow") and "--out runs/shallow-stage1" in first["command"]
     assert "horizontal flip only" in first["recipe"]
     assert avg["command"] == (
-        "python -m fer_sdk.export.average --data fer2013.csv.gz --run runs/shallow-stage1 --epochs 2-3 "
+        "fer-sdk models average --data fer2013.csv.gz --run runs/shallow-stage1 --epochs 2-3 "
         "--out runs/shallow --bn-faces 150 --seed 0"
     )
     assert "epochs 2-3" in avg["recipe"] and avg["best_epoch"] is None

@@ -469,6 +469,22 @@ def test_models_lists_manifest_rows(tiny, models_dir):
     table = invoke("models")
     assert table.exit_code == 0, table.output
     assert "tiny" in table.stdout and "50.00 %" in table.stdout
+    assert invoke("models", "list", "--json").stdout == as_json.stdout  # `models` alone is `models list`
+
+
+def test_models_group_holds_the_factory_tools():
+    """ship, ensemble, average and recover are `fer-sdk models` subcommands (one help style, one exit-code map)."""
+    result = invoke("models", "--help")
+    assert result.exit_code == 0
+    for name in ("list", "ship", "ensemble", "average", "recover"):
+        assert re.search(rf"^\W*{name}\s", result.stdout, re.MULTILINE), (name, result.stdout)
+    table = invoke("models", "ship", "--into", registry.MODELS_DIR, "--table")
+    if (registry.MODELS_DIR / registry.MANIFEST_NAME).is_file():
+        assert table.exit_code == 0 and table.stdout.startswith("| model |"), table.output
+    missing = invoke("models", "ship", "--into", "/nonexistent-models", "--table")
+    assert missing.exit_code == 2 and "no manifest.json there" in missing.stderr
+    average = invoke("models", "average", "--data", "x.csv", "--run", "r", "--epochs", "9-2", "--out", "o")
+    assert average.exit_code == 2 and "fer-sdk: error:" in average.stderr, average.output
 
 
 def test_models_table_in_a_pipe_keeps_names_and_accuracy_whole():

@@ -140,17 +140,24 @@ def test_a_merged_graph_that_disagrees_with_its_members_is_not_written(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx"]
 
 
-def test_module_cli(tmp_path, make_onnx, capsys):
+def test_models_ensemble_cli(tmp_path, make_onnx):
+    from typer.testing import CliRunner
+
+    from fer_sdk.cli import app
+
     a, b = _two_linear(tmp_path, make_onnx)
     out = tmp_path / "cli.onnx"
-    main(["--member", f"{a}=2", "--member", f"{b}=1", "--out", str(out)])
-    assert "0.67 x a + 0.33 x b" in capsys.readouterr().out
+    result = CliRunner().invoke(app, ["models", "ensemble", "--member", f"{a}=2", "--member", f"{b}=1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "0.67 x a + 0.33 x b" in result.stderr
     weights = [m["weight"] for m in Classifier(out).metadata["ensemble"]]
     assert weights == pytest.approx([2 / 3, 1 / 3])
+    result = CliRunner().invoke(app, ["models", "ensemble", "--member", f"{a}=2", "--out", str(tmp_path / "one.onnx")])
+    assert result.exit_code == 2 and "fer-sdk: error:" in result.stderr and "at least 2 members" in result.stderr
+    # the module entry point is the same command
     with pytest.raises(SystemExit) as exit_info:
-        main(["--member", f"{a}=2", "--out", str(tmp_path / "one.onnx")])
-    assert exit_info.value.code == 2
-    assert "at least 2 members" in capsys.readouterr().err
+        main(["--member", f"{a}=1", "--member", f"{b}=1", "--out", str(tmp_path / "module.onnx")])
+    assert exit_info.value.code == 0 and (tmp_path / "module.onnx").is_file()
 
 
 def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, make_onnx, models_dir):
@@ -177,7 +184,7 @@ def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, mak
     card = json.loads((models_dir / "cards" / "ens.json").read_text())
     assert [(m["name"], m["weight"]) for m in card["ensemble"]["members"]] == [("a", 0.6), ("b", 0.4)]
     assert card["ensemble"]["command"] == (
-        "python -m fer_sdk.export.ensemble --member a=0.6 --member b=0.4 --out ens.onnx"
+        "fer-sdk models ensemble --member a=0.6 --member b=0.4 --out ens.onnx"
     )
     text = (models_dir / "cards" / "ens.md").read_text()
     assert "Weighted ensemble of `a` and `b`" in text and "| `b` | 0.40 | fp32 |" in text
@@ -213,19 +220,24 @@ def test_ship_refuses_bad_ensemble_names_and_members_before_any_work(tmp_path, m
     with pytest.raises(InvalidInputError, match="'a' is a model this call"):  # a run's output name
         ship._plan_ensembles({"models": {}}, models_dir, {"a": tmp_path}, {"a": ["b=1", "a-int8=1"]}, print)
 
+    from typer.testing import CliRunner
+
+    from fer_sdk.cli import app
+
     for argv, words in (
-        (["--ensemble", "e=a"], "must be NAME=MEMBER:WEIGHT"),
-        (["--ensemble", "e=a:1,"], "must be NAME=MEMBER:WEIGHT"),
+        (["--ensemble", "e=a"], "members must be MEMBER:WEIGHT"),
+        (["--ensemble", "e=a:1,"], "members must be MEMBER:WEIGHT"),
         (["--ensemble", "e=a:1,b:1", "--ensemble", "e=a:1,b:2"], "'e' is given twice"),
-        (["--run", "deep"], "must be ARCH=RUN_DIR"),
+        (["--run", "deep"], "must be KEY=VALUE, e.g. --run deep=runs/deep"),
         (["--ensemble", "e=a:1,zz:1"], r"error: ensemble 'e': members \['zz'\]"),
+        ([], "at least one --run"),
     ):
-        with pytest.raises(SystemExit) as exit_info:
-            ship.main(["--data", str(never), *argv])
-        assert exit_info.value.code == 2, argv
-        err = capsys.readouterr().err
-        assert re.search(words, err), (argv, err)
-        assert "Traceback" not in err
+        result = CliRunner().invoke(app, ["models", "ship", "--into", str(models_dir), "--data", str(never), *argv])
+        assert result.exit_code == 2, (argv, result.output)
+        assert re.search(words, result.stderr), (argv, result.stderr)
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["models", "ship", "--data", str(never), "--ensemble", "e=a:1,b:1"])
+    assert result.exit_code == 2 and "--into" in result.output  # never a guessed destination
 
 
 def test_a_member_whose_subgraphs_read_the_input_is_merged(tmp_path, make_onnx, faces):

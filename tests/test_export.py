@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -366,15 +367,24 @@ def test_recover_rebuilds_the_keras_network_from_the_onnx_export(exported, run, 
     csv = tmp_path / "train.csv"
     rows = ["emotion,pixels,Usage"] + [f"{y},{' '.join(map(str, f.ravel()))},Training" for f, y in zip(faces, data["cal"][1])]
     csv.write_text("\n".join(rows) + "\n")
-    recover_main([str(exported["path"]), "--data", str(csv), "--out", str(out), "--faces", "300"])
+    from typer.testing import CliRunner
+
+    from fer_sdk.cli import app
+
+    result = CliRunner().invoke(app, ["models", "recover", str(exported["path"]), "--data", str(csv), "--out", str(out),
+                                      "--faces", "300"])
+    assert result.exit_code == 0 and "wrote" in result.stderr, result.output
     import keras
 
     again = keras.models.load_model(out, compile=False)
     np.testing.assert_allclose(again.predict(x, verbose=0), original.predict(x, verbose=0), atol=1e-4)
     # a missing file or an unknown bundled name is one line, not a FileNotFoundError traceback
     for missing in (str(tmp_path / "gone.onnx"), "no-such-model"):
-        with pytest.raises(SystemExit, match=r"error: .*(does not exist|unknown model)"):
+        with pytest.raises(SystemExit) as exit_info:  # the module entry point is `fer-sdk models recover`
             recover_main([missing, "--data", str(csv), "--out", str(tmp_path / "x.keras")])
+        assert exit_info.value.code == 4
+    result = CliRunner().invoke(app, ["models", "recover", "no-such-model", "--data", str(csv), "--out", str(out)])
+    assert result.exit_code == 4 and re.search(r"fer-sdk: error: .*unknown model", result.stderr), result.output
 
 
 def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp_path):

@@ -359,7 +359,7 @@ def test_cli_predict_ray_local(local_ray, photos, expected, tmp_path):
     for args, code, needle in (  # all refused before anything runs on Ray
         ([clean], 2, "pass --output DIR"),
         ([clean, "--output", out], 2, "already exists and is not an empty folder"),
-        ([clean, "--output", x, "--json"], 2, "drop --json"),
+        ([clean, "--output", x, "--json"], 2, "drop --format json"),
         ([clean, "--output", x, "-m", "no-such-model"], 4, "no-such-model"),
         ([tmp_path / "no_images", "--output", x], 2, "no images or Parquet found"),
     ):

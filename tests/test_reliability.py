@@ -211,11 +211,35 @@ def check_failed(result, failure: str) -> None:
         assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("failure", ["mid-write", "interrupt"])
+def _fail_on_second_row(exc: BaseException):
+    """Patch the streaming JSON writer: the first row is written, the second raises ``exc`` (a disk filling up
+    while the results stream out, or Ctrl-C)."""
+    from fer_sdk import rows
+
+    real = rows._JsonWriter.write
+    seen = []
+
+    def write(self, row):
+        seen.append(row)
+        if len(seen) == 2:
+            raise exc
+        real(self, row)
+
+    return lambda mp: mp.setattr(rows._JsonWriter, "write", write)
+
+
+STREAM_FAILURES = {
+    "mid-write": lambda mp: _fail_on_second_row(_disk_full())(mp),
+    "interrupt": lambda mp: _fail_on_second_row(KeyboardInterrupt())(mp),
+    "rename": FAILURES["rename"],
+}
+
+
+@pytest.mark.parametrize("failure", ["mid-write", "interrupt", "rename"])
 def test_predict_output_failure_keeps_previous_results(failure, tiny_models, samples_dir, tmp_path, monkeypatch):
     results = tmp_path / "results.json"
     results.write_text("previous results\n")
-    FAILURES[failure](monkeypatch)
+    STREAM_FAILURES[failure](monkeypatch)
     result = CliRunner().invoke(
         app, ["predict", "--model", str(tiny_models.fp32), "--json", "--output", str(results), str(samples_dir)]
     )
@@ -227,7 +251,7 @@ def test_predict_output_failure_keeps_previous_results(failure, tiny_models, sam
         app, ["predict", "--model", str(tiny_models.fp32), "--json", "--output", str(results), str(samples_dir)]
     )
     assert ok.exit_code == 0, ok.output
-    assert ok.stdout == "" and len(json.loads(results.read_text())) == 3
+    assert ok.stdout == "" and len(json.loads(results.read_text())) == 4  # a row per face: two_faces has two
 
 
 @pytest.mark.parametrize("failure", ["mid-write", "interrupt", "rename"])

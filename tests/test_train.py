@@ -262,8 +262,8 @@ from fer_sdk.export import train as T
 marker = Path(sys.argv[1])
 make = T._RunCallback.make
 
-def slow_make(cfg, out, state, log):
-    callback = make(cfg, out, state, log)
+def slow_make(cfg, out, state, log, **kw):
+    callback = make(cfg, out, state, log, **kw)
     def on_train_batch_begin(batch, logs=None):
         if state["epochs_done"] >= 1:
             marker.touch()
@@ -278,7 +278,7 @@ app(sys.argv[2:], prog_name="fer-sdk")
 
 
 def test_resume_after_sigkill_loses_no_epoch(tmp_path):
-    from test_cli import write_small_fer_csv
+    from conftest import write_small_fer_csv
     from typer.testing import CliRunner
 
     from fer_sdk.cli import app
