@@ -95,6 +95,7 @@ def run_quick(out: Path, models: list[str], messages: list[str]) -> list[Path]:
     return run_benchmarks(out, quick=True, models=models, data=data, log=messages.append)
 
 
+@pytest.mark.train
 def test_quick_run_writes_json_report_and_plots(quick_run):
     out, paths, _, messages = quick_run
     names = {p.name for p in paths}
@@ -109,6 +110,7 @@ def test_quick_run_writes_json_report_and_plots(quick_run):
     assert any("done" in m for m in messages)
 
 
+@pytest.mark.train
 def test_bench_json_schema(quick_run, bench_models):
     _, _, bench, _ = quick_run
     assert TOP_KEYS <= set(bench)
@@ -160,6 +162,7 @@ def test_bench_json_schema(quick_run, bench_models):
         assert all(r["value"] is not None and r["value"] > 0 for r in ratios)
 
 
+@pytest.mark.train
 def test_photo_section(quick_run):
     photos = quick_run[2]["photos"]
     assert photos["skipped"] is None, photos["skipped"]
@@ -174,6 +177,7 @@ def test_photo_section(quick_run):
     )
 
 
+@pytest.mark.train
 def test_accuracy_section(quick_run):
     bench = quick_run[2]
     acc = bench["accuracy"]
@@ -190,6 +194,7 @@ def test_accuracy_section(quick_run):
         assert bench["files"][f"confusion:{m['model']}"].endswith(".png")
 
 
+@pytest.mark.train
 def test_readme_table(quick_run, capsys):
     out, _, bench, _ = quick_run
     text = render_readme_table(out / "bench.json")

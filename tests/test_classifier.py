@@ -48,9 +48,7 @@ def _check_probs(probs: np.ndarray, n: int) -> None:
 def test_accepted_face_forms(clf, faces, tmp_path):
     ref = clf.predict_proba(faces)
     _check_probs(ref, len(faces))
-    assert len(np.unique(ref.argmax(axis=1))) >= 1 and not np.allclose(
-        ref, ref[0]
-    )  # faces differ -> rows differ
+    assert not np.allclose(ref, ref[0])  # faces differ -> rows differ
 
     single = clf.predict_proba(faces[3])
     _check_probs(single, 1)

@@ -872,6 +872,7 @@ def test_help_renders_flags_without_a_type():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs the train extra")
+@pytest.mark.train
 def test_tensorflow_start_up_lines_are_hidden_unless_debug(tmp_path):
     exe = Path(sys.executable).with_name("fer-sdk")
     if not exe.is_file():

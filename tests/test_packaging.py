@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -38,12 +39,21 @@ def test_quickstart_holds_exactly_two_commands_and_ci_runs_the_second():
 
 
 def test_wheel_ships_models_samples_and_namespaced_tooling(tmp_path):
+    # built from a copy: setuptools writes build/ and *.egg-info into the source folder, never into the checkout
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "reports", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
+    before = sorted(p.name for p in REPO.iterdir())
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(source)],
         check=True, capture_output=True, timeout=300,
     )
+    assert sorted(p.name for p in REPO.iterdir()) == before
     (wheel,) = tmp_path.glob("fer_sdk-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "fer_sdk/py.typed" in names and any(n.endswith(".dist-info/LICENSE") or "/licenses/LICENSE" in n
+                                               for n in names)
     for spec in list_models():
         assert f"fer_sdk/models/{spec.file}" in names
         assert f"fer_sdk/models/cards/{spec.name}.json" in names
@@ -68,6 +78,7 @@ def test_malformed_metadata_is_a_model_error(make_onnx, tmp_path):
         Classifier(path)
 
 
+@pytest.mark.slow
 def test_gpu_job_workers_start_under_the_installed_module_name(tmp_path):
     """Run from outside the checkout as ``python -m fer_sdk.export.gpu_job``: each worker must find its own
     module (it used to spawn ``-m export.gpu_job``, which only resolves at the repository root), and a

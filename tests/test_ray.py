@@ -249,6 +249,7 @@ def test_missing_ray_says_what_to_install(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- on Ray
+@pytest.mark.slow
 def test_local_ray_is_started_and_stopped(photos, expected, tmp_path):
     """With no Ray running, --ray local starts one (num_cpus=2) and shuts it down afterwards."""
     ray = pytest.importorskip("ray")
@@ -267,6 +268,7 @@ def test_local_ray_is_started_and_stopped(photos, expected, tmp_path):
     assert_rows_match(read_parquet_rows(tmp_path / "o"), {str(p): expected[str(p)] for p in good}, [])
 
 
+@pytest.mark.slow
 def test_folder_on_ray_matches_single_process(local_ray, photos, expected, tmp_path, capsys):
     from fer_sdk.ray_batch import run_ray_predict
 
@@ -283,6 +285,7 @@ def test_folder_on_ray_matches_single_process(local_ray, photos, expected, tmp_p
     assert "fer-sdk" not in capsys.readouterr().err  # the library prints nothing; the CLI prints the summary
 
 
+@pytest.mark.slow
 def test_parquet_input_and_extra_columns(local_ray, photos, expected, tmp_path):
     """Parquet with bytes (some null: read from path) and a missing path, via run_ray_predict; then an id column
     kept through predict_dataset on the caller's own dataset."""
@@ -323,6 +326,7 @@ def test_parquet_input_and_extra_columns(local_ray, photos, expected, tmp_path):
             assert row["error"] == "row has neither image bytes nor a path" and row["face"] is None
 
 
+@pytest.mark.slow
 def test_cli_predict_ray_local(local_ray, photos, expected, tmp_path):
     """`fer-sdk predict DIR --ray local --output OUT`: Parquet out; exit 8 when some inputs failed, else 0."""
     import pyarrow.parquet as pq

@@ -67,11 +67,9 @@ def test_one_classifier_shared_by_8_threads_matches_serial(tiny_models, fer_face
                 mismatches.append(k)
         return per_thread
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(N_THREADS) as pool:
         done = sum(pool.map(worker, range(N_THREADS)))
     assert done == N_CALLS and mismatches == []
-    assert time.perf_counter() - t0 < 60
 
 
 # ----------------------------------------------------------------------------------------- atomic files
