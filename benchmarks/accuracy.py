@@ -79,9 +79,7 @@ def measure_accuracy(
         "split_size": int(total),
         "batch_size": batch_size,
         "note": (
-            f"first {len(x)} of {total} {split} faces (quick run)"
-            if len(x) < total
-            else f"all {total} {split} faces"
+            f"first {len(x)} of {total} {split} faces (quick run)" if len(x) < total else f"all {total} {split} faces"
         ),
         "models": results,
     }

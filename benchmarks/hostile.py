@@ -83,8 +83,18 @@ def _tiff_claiming(width: int, height: int) -> bytes:
 def _tiff_duplicate_width() -> bytes:
     width = height = 10000
     strip = zlib.compress(bytes(width * height), 9)
-    entries = [(256, 4, 1, width), (256, 4, 1, 1), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8),
-               (262, 3, 1, 1), (273, 4, 1, None), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(strip))]
+    entries = [
+        (256, 4, 1, width),
+        (256, 4, 1, 1),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 8),
+        (262, 3, 1, 1),
+        (273, 4, 1, None),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, len(strip)),
+    ]
     data_at = 8 + 2 + 12 * len(entries) + 4
     out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
@@ -137,8 +147,11 @@ def _kept_good_rows(d: Path, result) -> str | None:
     if not out.is_file():
         return "no results file"
     rows = list(csv.DictReader(io.StringIO(out.read_text(errors="replace"))))
-    good = [r for r in rows if Path(r.get("source") or "").name == "a_good.jpg" and r.get("face") == "0"
-            and not r.get("error")]
+    good = [
+        r
+        for r in rows
+        if Path(r.get("source") or "").name == "a_good.jpg" and r.get("face") == "0" and not r.get("error")
+    ]
     return None if good else "the good photo's row is missing"
 
 
@@ -170,34 +183,57 @@ def _stream_gz(path: Path, header: bytes, chunk: bytes, repeats: int) -> Path:
     return path
 
 
-def _tiny_model(path: Path, meta_patch: Callable[[dict], dict | str], *, bias: float = 0.0,
-                softmax: bool = True) -> Path:
+def _tiny_model(
+    path: Path, meta_patch: Callable[[dict], dict | str], *, bias: float = 0.0, softmax: bool = True
+) -> Path:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     import fer_sdk
     from fer_sdk.constants import EMOTIONS, METADATA_KEY
 
-    nodes = [helper.make_node("Flatten", ["faces"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "w"], ["mm"]),
-             helper.make_node("Add", ["mm", "b"], ["logits" if softmax else "probabilities"])]
+    nodes = [
+        helper.make_node("Flatten", ["faces"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["logits" if softmax else "probabilities"]),
+    ]
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
     graph = helper.make_graph(
-        nodes, "hostile",
+        nodes,
+        "hostile",
         [helper.make_tensor_value_info("faces", TensorProto.FLOAT, ["N", 48, 48, 1])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 7])],
-        initializer=[numpy_helper.from_array(np.zeros((2304, 7), np.float32), "w"),
-                     numpy_helper.from_array(np.full(7, bias, np.float32), "b")],
+        initializer=[
+            numpy_helper.from_array(np.zeros((2304, 7), np.float32), "w"),
+            numpy_helper.from_array(np.full(7, bias, np.float32), "b"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    meta = {"format": 1, "labels": list(EMOTIONS),
-            "input": {"name": "faces", "height": 48, "width": 48, "channels": 1, "layout": "NHWC",
-                      "dtype": "float32", "color": "gray", "scale": 1 / 255, "offset": 0.0, "resize": "area"},
-            "output": {"name": "probabilities", "kind": "softmax"}, "architecture": "linear", "precision": "fp32",
-            "parameters": 2304 * 7, "source_sha256": "0" * 64, "metrics": {},
-            "producer": {"fer_sdk": fer_sdk.__version__}}
+    meta = {
+        "format": 1,
+        "labels": list(EMOTIONS),
+        "input": {
+            "name": "faces",
+            "height": 48,
+            "width": 48,
+            "channels": 1,
+            "layout": "NHWC",
+            "dtype": "float32",
+            "color": "gray",
+            "scale": 1 / 255,
+            "offset": 0.0,
+            "resize": "area",
+        },
+        "output": {"name": "probabilities", "kind": "softmax"},
+        "architecture": "linear",
+        "precision": "fp32",
+        "parameters": 2304 * 7,
+        "source_sha256": "0" * 64,
+        "metrics": {},
+        "producer": {"fer_sdk": fer_sdk.__version__},
+    }
     patched = meta_patch(meta)
     helper.set_model_props(model, {METADATA_KEY: patched if isinstance(patched, str) else json.dumps(patched)})
     path.write_bytes(model.SerializeToString())
@@ -252,8 +288,15 @@ def cases() -> list[Case]:
         "tiff-big-endian-header-garbage": lambda: b"MM\x00*" + bytes(60),
         "gif-65535x65535": lambda: b"GIF89a" + struct.pack("<HH", 65535, 65535) + bytes(60),
         "bmp-50000x50000": lambda: b"BM" + bytes(12) + struct.pack("<Iii", 40, 50000, 50000) + bytes(60),
-        "webp-vp8x-16384x16384": lambda: (b"RIFF" + struct.pack("<I", 60) + b"WEBPVP8X" + struct.pack("<I", 10)
-                                          + bytes(4) + (16383).to_bytes(3, "little") * 2 + bytes(40)),
+        "webp-vp8x-16384x16384": lambda: (
+            b"RIFF"
+            + struct.pack("<I", 60)
+            + b"WEBPVP8X"
+            + struct.pack("<I", 10)
+            + bytes(4)
+            + (16383).to_bytes(3, "little") * 2
+            + bytes(40)
+        ),
         "pgm-100000x100000": lambda: b"P5\n100000 100000\n255\n" + bytes(64),
         "avif-header": lambda: struct.pack(">I", 28) + b"ftypavif" + bytes(80),
         "radiance-hdr-named-jpg": lambda: b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 16000 +X 16000\n" + bytes(64),
@@ -266,22 +309,49 @@ def cases() -> list[Case]:
     }.items():
         out.append(_photo_case(f"bomb: {fmt}", fn))
     # headers that say one size to a naive reader and another to the decoder
-    out.append(_photo_case("bomb: pnm comment ended by CR hides the real 20000x20000",
-                           lambda: b"P4\n#\r20000\n20000 1\n" + b"\x55" * 50_000, filename="p.pbm"))
-    out.append(Case("bomb: tiff with ImageWidth twice (1, then 10000)", "bomb",
-                    lambda d: ["predict", str(_write(d / "t.tif", _tiff_duplicate_width())), "--max-pixels", "1000000"],
-                    (3,)))
+    out.append(
+        _photo_case(
+            "bomb: pnm comment ended by CR hides the real 20000x20000",
+            lambda: b"P4\n#\r20000\n20000 1\n" + b"\x55" * 50_000,
+            filename="p.pbm",
+        )
+    )
+    out.append(
+        Case(
+            "bomb: tiff with ImageWidth twice (1, then 10000)",
+            "bomb",
+            lambda d: ["predict", str(_write(d / "t.tif", _tiff_duplicate_width())), "--max-pixels", "1000000"],
+            (3,),
+        )
+    )
     out.append(_photo_case("bomb: jpeg FF00 skips over a fake 1x1 SOF hidden in a comment", _jpeg_fake_sof))
     out.append(_photo_case("bomb: bigtiff-100000x100000", lambda: _bigtiff_claiming(100000, 100000), filename="b.tif"))
-    out.append(Case("bomb: tiff in a folder of good photos keeps the good rows", "bomb",
-                    _folder_with(lambda f: _write(f / "b_bomb.tif", _tiff_claiming(32000, 32000))), (8,),
-                    _kept_good_rows))
+    out.append(
+        Case(
+            "bomb: tiff in a folder of good photos keeps the good rows",
+            "bomb",
+            _folder_with(lambda f: _write(f / "b_bomb.tif", _tiff_claiming(32000, 32000))),
+            (8,),
+            _kept_good_rows,
+        )
+    )
     out.append(Case("bomb: image-folder dataset face claiming 60000x60000", "bomb", _bad_face_folder, (5,)))
-    out.append(Case("bomb: video of 8000x8000 frames (64 MP) refused before decoding", "bomb",
-                    lambda d: ["predict", str(_video(d / "big.avi", (8000, 8000), 2))], (3,)))
-    out.append(Case("bomb: video of 4000x4000 frames decoded a few at a time", "bomb",
-                    lambda d: ["predict", str(_video(d / "v.avi", (4000, 4000), 40)), "-o", str(d / "rows.csv")],
-                    (0,)))
+    out.append(
+        Case(
+            "bomb: video of 8000x8000 frames (64 MP) refused before decoding",
+            "bomb",
+            lambda d: ["predict", str(_video(d / "big.avi", (8000, 8000), 2))],
+            (3,),
+        )
+    )
+    out.append(
+        Case(
+            "bomb: video of 4000x4000 frames decoded a few at a time",
+            "bomb",
+            lambda d: ["predict", str(_video(d / "v.avi", (4000, 4000), 40)), "-o", str(d / "rows.csv")],
+            (0,),
+        )
+    )
     # 2. non-regular files: regular files only, the rest of the run goes on
     for label, maker in {
         "symlink to /dev/zero": lambda f: (f / "b_zero.jpg").symlink_to("/dev/zero"),
@@ -290,91 +360,241 @@ def cases() -> list[Case]:
         "dangling symlink": lambda f: (f / "b_gone.jpg").symlink_to(f / "nowhere.jpg"),
         "unreadable file": lambda f: (_write(f / "b_locked.jpg", b"x"), os.chmod(f / "b_locked.jpg", 0)),
     }.items():
-        out.append(Case(f"non-regular: {label} in a folder", "non-regular", _folder_with(maker), (8,),
-                        _kept_good_rows))
-    out.append(Case("non-regular: an empty folder named .jpg is walked, not read", "non-regular",
-                    _folder_with(lambda f: (f / "b_dir.jpg").mkdir()), (0,), _kept_good_rows))
-    out.append(Case("non-regular: a FIFO passed as a photo", "non-regular",
-                    lambda d: ["predict", str(_fifo(d / "p.jpg"))], (3,)))
-    out.append(Case("non-regular: /dev/zero passed as a photo", "non-regular", lambda d: ["predict", "/dev/zero"], (3,)))
-    out.append(Case("non-regular: a FIFO as eval --data", "non-regular",
-                    lambda d: ["eval", "--data", str(_fifo(d / "fer.csv"))], (5,)))
-    out.append(Case("non-regular: /dev/urandom as eval --data", "non-regular",
-                    lambda d: ["eval", "--data", "/dev/urandom"], (5,)))
-    out.append(Case("non-regular: a FIFO passed as a video", "non-regular",
-                    lambda d: ["predict", str(_fifo(d / "clip.mp4"))], (2,)))
+        out.append(Case(f"non-regular: {label} in a folder", "non-regular", _folder_with(maker), (8,), _kept_good_rows))
+    out.append(
+        Case(
+            "non-regular: an empty folder named .jpg is walked, not read",
+            "non-regular",
+            _folder_with(lambda f: (f / "b_dir.jpg").mkdir()),
+            (0,),
+            _kept_good_rows,
+        )
+    )
+    out.append(
+        Case(
+            "non-regular: a FIFO passed as a photo", "non-regular", lambda d: ["predict", str(_fifo(d / "p.jpg"))], (3,)
+        )
+    )
+    out.append(
+        Case("non-regular: /dev/zero passed as a photo", "non-regular", lambda d: ["predict", "/dev/zero"], (3,))
+    )
+    out.append(
+        Case(
+            "non-regular: a FIFO as eval --data",
+            "non-regular",
+            lambda d: ["eval", "--data", str(_fifo(d / "fer.csv"))],
+            (5,),
+        )
+    )
+    out.append(
+        Case(
+            "non-regular: /dev/urandom as eval --data",
+            "non-regular",
+            lambda d: ["eval", "--data", "/dev/urandom"],
+            (5,),
+        )
+    )
+    out.append(
+        Case(
+            "non-regular: a FIFO passed as a video",
+            "non-regular",
+            lambda d: ["predict", str(_fifo(d / "clip.mp4"))],
+            (2,),
+        )
+    )
     # 3. outputs that would replace inputs or devices
     out.append(Case("output: -o is the input photo", "output", _o_is_input, (2,), _untouched("a.jpg", Path.read_bytes)))
-    out.append(Case("output: -o is a hard link to the input photo", "output", _o_hardlink, (2,),
-                    _untouched("a.jpg", Path.read_bytes)))
+    out.append(
+        Case(
+            "output: -o is a hard link to the input photo",
+            "output",
+            _o_hardlink,
+            (2,),
+            _untouched("a.jpg", Path.read_bytes),
+        )
+    )
     out.append(Case("output: -o is the input video", "output", _o_is_video, (2,), _untouched("v.avi", Path.read_bytes)))
-    out.append(Case("output: -o /dev/null is written into, not replaced", "output",
-                    lambda d: ["predict", str(_jpeg(d / "a.jpg")), "-o", "/dev/null"], (0,), _devnull_is_device))
-    out.append(Case("output: --summary is the input video", "output",
-                    lambda d: (_snap_video(d), ["predict", str(d / "v.avi"), "--summary", str(d / "v.avi")])[1], (2,),
-                    _untouched("v.avi", Path.read_bytes)))
-    out.append(Case("output: --annotate into the input folder keeps an unrelated a.png", "output",
-                    _annotate_beside, (0,), _untouched("in/a.png", Path.read_bytes)))
+    out.append(
+        Case(
+            "output: -o /dev/null is written into, not replaced",
+            "output",
+            lambda d: ["predict", str(_jpeg(d / "a.jpg")), "-o", "/dev/null"],
+            (0,),
+            _devnull_is_device,
+        )
+    )
+    out.append(
+        Case(
+            "output: --summary is the input video",
+            "output",
+            lambda d: (_snap_video(d), ["predict", str(d / "v.avi"), "--summary", str(d / "v.avi")])[1],
+            (2,),
+            _untouched("v.avi", Path.read_bytes),
+        )
+    )
+    out.append(
+        Case(
+            "output: --annotate into the input folder keeps an unrelated a.png",
+            "output",
+            _annotate_beside,
+            (0,),
+            _untouched("in/a.png", Path.read_bytes),
+        )
+    )
     out.append(Case("output: -o named like the annotated copy", "output", _o_like_annotated, (0,), _both_written))
-    out.append(Case("output: a failed video run writes its error row, atomically", "output", _failed_video, (2,),
-                    _failed_video_row))
-    out.append(Case("output: -o is a folder", "output",
-                    lambda d: ["predict", str(_jpeg(d / "a.jpg")), "-o", str(d)], (2,)))
-    out.append(Case("output: export --out is the --data CSV", "output", _export_over_data, (2,),
-                    _untouched("fer.csv", Path.read_bytes), needs=("tensorflow",)))
+    out.append(
+        Case(
+            "output: a failed video run writes its error row, atomically",
+            "output",
+            _failed_video,
+            (2,),
+            _failed_video_row,
+        )
+    )
+    out.append(
+        Case("output: -o is a folder", "output", lambda d: ["predict", str(_jpeg(d / "a.jpg")), "-o", str(d)], (2,))
+    )
+    out.append(
+        Case(
+            "output: export --out is the --data CSV",
+            "output",
+            _export_over_data,
+            (2,),
+            _untouched("fer.csv", Path.read_bytes),
+            needs=("tensorflow",),
+        )
+    )
     # 4. dataset bombs
-    out.append(Case("dataset: a gzip holding one 1 GB row", "dataset",
-                    lambda d: ["eval", "--data", str(_stream_gz(d / "row.csv.gz", b"emotion,pixels,Usage\n3,",
-                                                                b"1 " * (1 << 19), 1024))], (5,)))
-    out.append(Case("dataset: 100 MB of blank lines", "dataset",
-                    lambda d: ["eval", "--data", str(_stream_gz(d / "blank.csv.gz", b"emotion,pixels,Usage\n",
-                                                                b"\n" * (1 << 20), 100))], (5,)))
-    out.append(Case("dataset: a 200 MB pixel field", "dataset",
-                    lambda d: ["eval", "--data", str(_stream_gz(d / "px.csv.gz", b"emotion,pixels,Usage\n0,",
-                                                                b"12 " * (1 << 20), 66))], (5,)))
+    out.append(
+        Case(
+            "dataset: a gzip holding one 1 GB row",
+            "dataset",
+            lambda d: [
+                "eval",
+                "--data",
+                str(_stream_gz(d / "row.csv.gz", b"emotion,pixels,Usage\n3,", b"1 " * (1 << 19), 1024)),
+            ],
+            (5,),
+        )
+    )
+    out.append(
+        Case(
+            "dataset: 100 MB of blank lines",
+            "dataset",
+            lambda d: [
+                "eval",
+                "--data",
+                str(_stream_gz(d / "blank.csv.gz", b"emotion,pixels,Usage\n", b"\n" * (1 << 20), 100)),
+            ],
+            (5,),
+        )
+    )
+    out.append(
+        Case(
+            "dataset: a 200 MB pixel field",
+            "dataset",
+            lambda d: [
+                "eval",
+                "--data",
+                str(_stream_gz(d / "px.csv.gz", b"emotion,pixels,Usage\n0,", b"12 " * (1 << 20), 66)),
+            ],
+            (5,),
+        )
+    )
     out.append(Case("dataset: a tar whose member claims 10 GB", "dataset", _tar_claiming, (5,)))
-    out.append(Case("dataset: a header line of 50 MB", "dataset",
-                    lambda d: ["eval", "--data", str(_stream_gz(d / "hdr.csv.gz", b"", b"x" * (1 << 20), 50))], (5,)))
-    out.append(Case("dataset: rows of good length, more than 1 GB unpacked", "dataset",
-                    lambda d: ["eval", "--data", str(_stream_gz(d / "long.csv.gz", b"emotion,pixels,Usage\n",
-                                                                _good_row() * 1000, 120))], (5,)))
+    out.append(
+        Case(
+            "dataset: a header line of 50 MB",
+            "dataset",
+            lambda d: ["eval", "--data", str(_stream_gz(d / "hdr.csv.gz", b"", b"x" * (1 << 20), 50))],
+            (5,),
+        )
+    )
+    out.append(
+        Case(
+            "dataset: rows of good length, more than 1 GB unpacked",
+            "dataset",
+            lambda d: [
+                "eval",
+                "--data",
+                str(_stream_gz(d / "long.csv.gz", b"emotion,pixels,Usage\n", _good_row() * 1000, 120)),
+            ],
+            (5,),
+        )
+    )
     out.append(Case("dataset: a zip bomb member", "dataset", _zip_bomb, (5,)))
     out.append(Case("dataset: a tar.gz whose GNU long name is 256 MB", "dataset", _tar_long_name, (5,)))
-    out.append(Case("dataset: a valid row then garbage", "dataset",
-                    lambda d: ["eval", "--data", str(_write(d / "g.csv.gz", _csv_gz([_good_row(), b"\x00" * 5000])))],
-                    (5,)))
+    out.append(
+        Case(
+            "dataset: a valid row then garbage",
+            "dataset",
+            lambda d: ["eval", "--data", str(_write(d / "g.csv.gz", _csv_gz([_good_row(), b"\x00" * 5000])))],
+            (5,),
+        )
+    )
     # 6. the rest
-    out.append(Case("rest: a path component over 255 bytes among good photos", "rest", _long_name, (8,),
-                    _kept_good_rows))
+    out.append(
+        Case("rest: a path component over 255 bytes among good photos", "rest", _long_name, (8,), _kept_good_rows)
+    )
     out.append(Case("rest: a non-UTF-8 file name, CSV to a file", "rest", _non_utf8, (0,), _non_utf8_written))
     out.append(Case("rest: a non-UTF-8 file name, table on stdout", "rest", _non_utf8_table, (0,)))
     out.append(_model_case("metadata: nested 100,000 deep", lambda m: "[" * 100_000 + "]" * 100_000))
-    out.append(_model_case("metadata: height Infinity", lambda m: json.dumps(m).replace('"height": 48', '"height": Infinity')))
+    out.append(
+        _model_case("metadata: height Infinity", lambda m: json.dumps(m).replace('"height": 48', '"height": Infinity'))
+    )
     out.append(_model_case("metadata: scale 1e308", _set(["input", "scale"], 1e308)))
     out.append(_model_case("metadata: offset NaN", lambda m: json.dumps(m).replace('"offset": 0.0', '"offset": NaN')))
     out.append(_model_case("metadata: labels a dict", _set(["labels"], {"a": 1})))
-    out.append(_model_case("metadata: a 5,000-digit integer", lambda m: json.dumps(m).replace('"height": 48', '"height": ' + "9" * 5000)))
+    out.append(
+        _model_case(
+            "metadata: a 5,000-digit integer",
+            lambda m: json.dumps(m).replace('"height": 48', '"height": ' + "9" * 5000),
+        )
+    )
     out.append(_model_case("metadata: format true", _set(["format"], True)))
     out.append(_model_case("metadata: 2 MB of metadata", _set(["metrics"], {"x": "y" * 2_000_000})))
-    out.append(_model_case("metadata: framing with 4 landmarks", _set(["framing"], {"landmarks": [[0.5, 0.5]] * 4,
-                                                                                  "yunet_box": [0, 0, 1, 1],
-                                                                                  "haar_box": [0, 0, 1, 1]})))
+    out.append(
+        _model_case(
+            "metadata: framing with 4 landmarks",
+            _set(["framing"], {"landmarks": [[0.5, 0.5]] * 4, "yunet_box": [0, 0, 1, 1], "haar_box": [0, 0, 1, 1]}),
+        )
+    )
     out.append(_model_case("metadata: format 99", _set(["format"], 99)))
     out.append(_model_case("model: outputs NaN", lambda m: m, bias=float("nan")))
     out.append(_model_case("model: outputs negative values", lambda m: m, bias=-1.0, softmax=False))
     out.append(_model_case("model: outputs all zeros", lambda m: m, bias=0.0, softmax=False))
-    out.append(Case("model: a truncated ONNX file", "metadata",
-                    lambda d: ["predict", "--model", str(_write(d / "m.onnx", b"\x08\x08\x12")), str(_jpeg(d / "a.jpg"))],
-                    (4,)))
-    out.append(Case("model: a FIFO as the model", "metadata",
-                    lambda d: ["predict", "--model", str(_fifo(d / "m.onnx")), str(_jpeg(d / "a.jpg"))], (4,)))
-    out.append(Case("detector: a YuNet path that is garbage", "metadata",
-                    lambda d: ["predict", "--detector", str(_write(d / "y.onnx", b"junk")), str(_jpeg(d / "a.jpg"))],
-                    (4,)))
-    out.append(Case("options: --min-score 2", "rest", lambda d: ["predict", str(_jpeg(d / "a.jpg")), "--min-score", "2"],
-                    (2,)))
-    out.append(Case("options: --smooth on photos", "rest",
-                    lambda d: ["predict", str(_jpeg(d / "a.jpg")), "--smooth", "1"], (2,)))
+    out.append(
+        Case(
+            "model: a truncated ONNX file",
+            "metadata",
+            lambda d: ["predict", "--model", str(_write(d / "m.onnx", b"\x08\x08\x12")), str(_jpeg(d / "a.jpg"))],
+            (4,),
+        )
+    )
+    out.append(
+        Case(
+            "model: a FIFO as the model",
+            "metadata",
+            lambda d: ["predict", "--model", str(_fifo(d / "m.onnx")), str(_jpeg(d / "a.jpg"))],
+            (4,),
+        )
+    )
+    out.append(
+        Case(
+            "detector: a YuNet path that is garbage",
+            "metadata",
+            lambda d: ["predict", "--detector", str(_write(d / "y.onnx", b"junk")), str(_jpeg(d / "a.jpg"))],
+            (4,),
+        )
+    )
+    out.append(
+        Case("options: --min-score 2", "rest", lambda d: ["predict", str(_jpeg(d / "a.jpg")), "--min-score", "2"], (2,))
+    )
+    out.append(
+        Case(
+            "options: --smooth on photos", "rest", lambda d: ["predict", str(_jpeg(d / "a.jpg")), "--smooth", "1"], (2,)
+        )
+    )
     return out
 
 
@@ -446,7 +666,11 @@ def _failed_video_row(d: Path, result) -> str | None:
     import io
 
     rows = list(csv.DictReader(io.StringIO((d / "rows.csv").read_text(errors="replace"))))
-    if len(rows) != 1 or rows[0].get("source") != str(d / "broken.mp4") or "broken.mp4" not in (rows[0].get("error") or ""):
+    if (
+        len(rows) != 1
+        or rows[0].get("source") != str(d / "broken.mp4")
+        or "broken.mp4" not in (rows[0].get("error") or "")
+    ):
         return f"rows.csv does not hold the video's one error row: {rows}"
     left = sorted(p.name for p in d.iterdir())
     return None if left == ["broken.mp4", "rows.csv"] else f"the folder holds {left} (a temporary file left?)"
@@ -487,7 +711,10 @@ def _zip_bomb(d: Path) -> list[str]:
     import zipfile
 
     chunk = b"0" * (1 << 20)
-    with zipfile.ZipFile(d / "fer.zip", "w", zipfile.ZIP_DEFLATED) as archive, archive.open("fer2013.csv", "w") as member:
+    with (
+        zipfile.ZipFile(d / "fer.zip", "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("fer2013.csv", "w") as member,
+    ):
         member.write(b"emotion,pixels,Usage\n")
         for _ in range(200):
             member.write(chunk)
@@ -498,7 +725,14 @@ def _long_name(d: Path) -> list[str]:
     folder = d / "photos"
     folder.mkdir()
     _jpeg(folder / "a_good.jpg")
-    return ["predict", str(folder / "a_good.jpg"), str(folder / ("x" * 300 + ".jpg")), "--csv", "-o", str(d / "out.csv")]
+    return [
+        "predict",
+        str(folder / "a_good.jpg"),
+        str(folder / ("x" * 300 + ".jpg")),
+        "--csv",
+        "-o",
+        str(d / "out.csv"),
+    ]
 
 
 def _non_utf8(d: Path) -> list[str]:
@@ -566,8 +800,13 @@ def run_case(case: Case, exe: str) -> dict:
         folder = Path(tmp)
         args = case.build(folder)
         start = time.perf_counter()
-        proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        proc = subprocess.Popen(
+            [exe, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         _limit(proc.pid)
         watcher = _PeakWatcher(proc.pid)
         watcher.start()
@@ -592,9 +831,16 @@ def run_case(case: Case, exe: str) -> dict:
         elif case.check is not None:
             problem = case.check(folder, result)
         last = stderr.decode(errors="replace").strip().splitlines()
-        return {"case": case.name, "kind": case.kind, "exit": proc.returncode, "seconds": round(seconds, 2),
-                "peak_mb": None if peak_mb is None else round(peak_mb, 1), "ok": problem is None, "problem": problem,
-                "message": last[-1][:300] if last else ""}
+        return {
+            "case": case.name,
+            "kind": case.kind,
+            "exit": proc.returncode,
+            "seconds": round(seconds, 2),
+            "peak_mb": None if peak_mb is None else round(peak_mb, 1),
+            "ok": problem is None,
+            "problem": problem,
+            "message": last[-1][:300] if last else "",
+        }
 
 
 def console_script() -> str | None:
@@ -613,9 +859,11 @@ def run_all(only: str | None = None, log: Callable[[str], None] = lambda _: None
             continue
         row = run_case(case, exe)
         rows.append(row)
-        log(f"{'SKIP' if 'skipped' in row else 'ok  ' if row['ok'] else 'FAIL'} {case.name}: "
+        log(
+            f"{'SKIP' if 'skipped' in row else 'ok  ' if row['ok'] else 'FAIL'} {case.name}: "
             f"{row.get('skipped') or row.get('problem') or ''} exit={row.get('exit')} {row.get('seconds')} s "
-            f"{row.get('peak_mb')} MB")
+            f"{row.get('peak_mb')} MB"
+        )
     return rows
 
 
@@ -629,8 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | exit | s | peak MB | ok |\n|---|---|---|---|---|")
     for r in ran:
         print(f"| {r['case']} | {r['exit']} | {r['seconds']} | {r['peak_mb']} | {'yes' if r['ok'] else r['problem']} |")
-    print(f"\n{sum(r['ok'] for r in ran)} passed, {sum(not r['ok'] for r in ran)} failed, "
-          f"{len(rows) - len(ran)} skipped")
+    print(
+        f"\n{sum(r['ok'] for r in ran)} passed, {sum(not r['ok'] for r in ran)} failed, {len(rows) - len(ran)} skipped"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0 if all(r["ok"] for r in ran) else 1

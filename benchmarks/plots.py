@@ -52,9 +52,7 @@ def plot_vs_batch(rows: list[dict], path: Path, *, metric: str, title: str, ylab
     for ax, arch in zip(axes[0], archs):
         for label, series in _series([r for r in rows if r["architecture"] == arch]).items():
             style = "--" if series[0]["runtime"] == "keras" else "-"
-            ax.plot(
-                [r["batch_size"] for r in series], [r[metric] for r in series], style, marker="o", label=label
-            )
+            ax.plot([r["batch_size"] for r in series], [r[metric] for r in series], style, marker="o", label=label)
             if metric == "p50_ms":  # p95 as a shaded band above the median
                 ax.fill_between(
                     [r["batch_size"] for r in series],

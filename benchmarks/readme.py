@@ -71,9 +71,7 @@ def render_readme_table(bench_json: dict | str | os.PathLike) -> str:
         ),
         "",
     ]
-    ratios = [
-        r for r in bench.get("ratios", []) if r["applies"] or not any(x["applies"] for x in bench["ratios"])
-    ]
+    ratios = [r for r in bench.get("ratios", []) if r["applies"] or not any(x["applies"] for x in bench["ratios"])]
     if ratios:
         lines += [
             table(
@@ -94,9 +92,7 @@ def render_readme_table(bench_json: dict | str | os.PathLike) -> str:
         ]
     keras_note = ""
     if any(r["runtime"] == "keras" and r["weights"].startswith("fresh") for r in rows):
-        keras_note = (
-            " Keras rows time the same architecture with untrained weights (latency does not depend on them)."
-        )
+        keras_note = " Keras rows time the same architecture with untrained weights (latency does not depend on them)."
     quick = " Quick smoke run: indicative only." if bench.get("quick") else ""
     lines.append(
         f"Measured with `{machine['command']}` on {machine_line(machine)}, {machine['date'][:10]}; "

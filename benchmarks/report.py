@@ -239,7 +239,8 @@ def render_report(bench: dict) -> str:
     lines = [
         "# fer-sdk benchmark report",
         "",
-        f"- Command: `{machine['command']}`{' (quick smoke run: numbers are indicative only)' if bench['quick'] else ''}",
+        f"- Command: `{machine['command']}`"
+        + (" (quick smoke run: numbers are indicative only)" if bench["quick"] else ""),
         f"- Date: {machine['date']}; wall time {fmt(bench.get('wall_s'))} s",
         (
             f"- Machine: {machine_line(machine)}; CPU flags: {', '.join(machine.get('cpu_flags') or []) or '-'}; "

@@ -40,9 +40,7 @@ def _check_keras_models(keras_models) -> dict[str, str]:
                 f"keras_models: unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}"
             )
         if not Path(path).is_file():
-            raise InvalidInputError(
-                f"keras_models[{arch!r}]: {str(path)!r} is not a file; pass a saved .keras model"
-            )
+            raise InvalidInputError(f"keras_models[{arch!r}]: {str(path)!r} is not a file; pass a saved .keras model")
         out[arch] = str(Path(path).resolve())
     return out
 
@@ -76,8 +74,14 @@ def _progress(enabled: bool):
 
     from fer_sdk.progress import bar
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with bar(*columns, enabled=enabled) as progress:
         yield progress
 
@@ -134,9 +138,7 @@ def run_benchmarks(
             photo_section = {"skipped": f"failed: {err}", "items": []}
         photo_section["model"] = photo_model.name
         if data is None:
-            accuracy = {
-                "skipped": "no FER2013 data given (pass data= / --data fer2013.csv.gz to measure accuracy)"
-            }
+            accuracy = {"skipped": "no FER2013 data given (pass data= / --data fer2013.csv.gz to measure accuracy)"}
         else:
             from .accuracy import measure_accuracy
 

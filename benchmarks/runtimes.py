@@ -165,22 +165,16 @@ def _plans(
         notes.append("Keras/TensorFlow was not timed (with_keras=False / --no-keras).")
         return plans
     if not tensorflow_installed():
-        notes.append(
-            'Keras/TensorFlow was not timed: TensorFlow is not installed (pip install "fer-sdk[train]").'
-        )
+        notes.append('Keras/TensorFlow was not timed: TensorFlow is not installed (pip install "fer-sdk[train]").')
         return plans
     keras_models = dict(keras_models or {})
     archs = [a for a in dict.fromkeys(m.architecture for m in models) if a in ARCHITECTURES]
     archs += [a for a in keras_models if a not in archs]
     skipped = [
-        a
-        for a in dict.fromkeys(m.architecture for m in models)
-        if a not in ARCHITECTURES and a not in keras_models
+        a for a in dict.fromkeys(m.architecture for m in models) if a not in ARCHITECTURES and a not in keras_models
     ]
     if skipped:
-        notes.append(
-            f"No Keras counterpart for architecture(s) {', '.join(skipped)} (not in {ARCHITECTURES})."
-        )
+        notes.append(f"No Keras counterpart for architecture(s) {', '.join(skipped)} (not in {ARCHITECTURES}).")
     if len(archs) > settings.keras_architectures:
         notes.append(f"Quick run: Keras timed on {archs[0]} only.")
         archs = archs[: settings.keras_architectures]
@@ -241,9 +235,7 @@ def measure_runtimes(
     gpu["cuda_offered"] = bool(with_cuda)
     if not with_cuda:
         gpu["note"] = f"ONNX Runtime offers no {CUDA} here (CPU build or no GPU): no CUDA rows."
-    plans = _plans(
-        models, settings, with_keras=with_keras, keras_models=keras_models, with_cuda=with_cuda, notes=notes
-    )
+    plans = _plans(models, settings, with_keras=with_keras, keras_models=keras_models, with_cuda=with_cuda, notes=notes)
     log_dir = Path(tempfile.mkdtemp(prefix="fer_bench_workers_"))
     task = progress.add_task("starting runtimes", total=len(plans)) if progress else None
     try:
@@ -345,9 +337,7 @@ def _interleave(configs: list[_Config], settings: Settings, progress, log) -> tu
     task = progress.add_task("warm-up", total=len(configs)) if progress else None
     for c in configs:
         try:
-            w = c.plan.worker.request(
-                op="warmup", mode=c.api, batch=c.batch, min_seconds=settings.warmup_seconds
-            )
+            w = c.plan.worker.request(op="warmup", mode=c.api, batch=c.batch, min_seconds=settings.warmup_seconds)
         except WorkerError as err:
             c.error = str(err)
             log(f"bench: {c.id} failed in warm-up: {err}")
@@ -360,9 +350,7 @@ def _interleave(configs: list[_Config], settings: Settings, progress, log) -> tu
             progress.advance(task)
     active = [c for c in configs if c.error is None]
     if progress is not None:
-        progress.update(
-            task, description="timed rounds", completed=0, total=settings.min_rounds * len(active)
-        )
+        progress.update(task, description="timed rounds", completed=0, total=settings.min_rounds * len(active))
     start = time.perf_counter()
     rounds = 0
     while (
@@ -376,9 +364,7 @@ def _interleave(configs: list[_Config], settings: Settings, progress, log) -> tu
         for c in active[shift:] + active[:shift]:  # rotate who goes first
             if c.error is None:
                 try:
-                    c.samples += c.plan.worker.request(op="time", mode=c.api, batch=c.batch, calls=c.calls)[
-                        "times"
-                    ]
+                    c.samples += c.plan.worker.request(op="time", mode=c.api, batch=c.batch, calls=c.calls)["times"]
                 except WorkerError as err:
                     c.error = str(err)
                     log(f"bench: {c.id} failed: {err}")

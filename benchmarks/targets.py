@@ -81,9 +81,7 @@ def compute_ratios(rows: list[dict]) -> list[dict]:
                     "status": _status(value, t["op"], t["target"]),
                     "from": sorted({r["id"] for r in (num, den) if r is not None}),
                     "threads": {r["runtime"]: r["threads"] for r in (num, den) if r is not None},
-                    "note": None
-                    if value is not None
-                    else f"no matching {' / '.join(missing)} row in this run",
+                    "note": None if value is not None else f"no matching {' / '.join(missing)} row in this run",
                 }
             )
     return out

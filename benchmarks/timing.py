@@ -27,9 +27,7 @@ def time_calls(fn: Callable[[], object], calls: int) -> list[float]:
     return out
 
 
-def warmup(
-    fn: Callable[[], object], *, min_calls: int = 2, max_calls: int = 10, min_seconds: float = 0.2
-) -> dict:
+def warmup(fn: Callable[[], object], *, min_calls: int = 2, max_calls: int = 10, min_seconds: float = 0.2) -> dict:
     """Untimed-for-the-stats warm-up: at least ``min_calls``, more (up to ``max_calls``) until ``min_seconds``.
 
     Returns ``first_call_s`` (includes lazy initialisation, graph tracing, allocator growth) and

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 FRAMES_PER_PHOTO = 40
-DETECTORS = {"yunet (default)": {"detector": "yunet"}, "haar, box + 10 % (0.1 default)": {"detector": "haar",
-                                                                                          "align": False,
-                                                                                          "face_margin": 0.1}}
+DETECTORS = {
+    "yunet (default)": {"detector": "yunet"},
+    "haar, box + 10 % (0.1 default)": {"detector": "haar", "align": False, "face_margin": 0.1},
+}
 
 
 def measure_video(model: str = "deep-int8", size: tuple[int, int] = (1280, 720), repeats: int = 3) -> list[dict]:
@@ -29,8 +30,13 @@ def measure_video(model: str = "deep-int8", size: tuple[int, int] = (1280, 720),
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="fer_bench_video_") as tmp:
-        clip = make_test_video(Path(tmp) / "clip.mp4", [load_image(p) for p in sample_photos()],
-                               frames_per_image=FRAMES_PER_PHOTO, fps=25, size=size)
+        clip = make_test_video(
+            Path(tmp) / "clip.mp4",
+            [load_image(p) for p in sample_photos()],
+            frames_per_image=FRAMES_PER_PHOTO,
+            fps=25,
+            size=size,
+        )
         frames = FRAMES_PER_PHOTO * len(sample_photos())
         for name, options in DETECTORS.items():
             with Classifier(model, **options) as clf:

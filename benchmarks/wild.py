@@ -71,7 +71,9 @@ def _largest(faces) -> int:
     return EMOTIONS.index(best.emotion)
 
 
-def run_rule(model: str, options: dict, photos: list[Path], progress: Callable[[int], None] | None = None) -> tuple[list[int], float]:
+def run_rule(
+    model: str, options: dict, photos: list[Path], progress: Callable[[int], None] | None = None
+) -> tuple[list[int], float]:
     """Predicted index per photo (-1: no face) with one Classifier, and the seconds it took."""
     from fer_sdk.classifier import Classifier
 
@@ -114,8 +116,14 @@ def run_peer(photos: list[Path]) -> tuple[list[int], float, str] | None:
     return preds, time.perf_counter() - start, fer_version
 
 
-def measure_wild(folder: str | Path, *, model: str | None = None, peer: bool = False, limit: int | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> dict:
+def measure_wild(
+    folder: str | Path,
+    *,
+    model: str | None = None,
+    peer: bool = False,
+    limit: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
     """Every crop rule (and the whole photo, and the peer) on the labelled photos of ``folder``."""
     from fer_sdk.registry import default_model_name
 
@@ -129,8 +137,14 @@ def measure_wild(folder: str | Path, *, model: str | None = None, peer: bool = F
         preds, seconds = run_rule(model, options, photos)
         results.append({"rule": name, "options": options, **score(truth, preds), "seconds": seconds})
         log(f"{name}: {results[-1]}")
-    results.append({"rule": "whole photo as the face crop (no detector)", "options": None,
-                    **score(truth, run_whole_photo(model, photos)), "seconds": None})
+    results.append(
+        {
+            "rule": "whole photo as the face crop (no detector)",
+            "options": None,
+            **score(truth, run_whole_photo(model, photos)),
+            "seconds": None,
+        }
+    )
     log(f"whole photo: {results[-1]}")
     peer_row = None
     if peer:
@@ -139,8 +153,12 @@ def measure_wild(folder: str | Path, *, model: str | None = None, peer: bool = F
             peer_row = {"rule": "fer package", "skipped": "not installed (see benchmarks/README or the README)"}
         else:
             preds, seconds, version = got
-            peer_row = {"rule": f"fer package {version} (Haar, its own CNN)", "options": None,
-                        **score(truth, preds), "seconds": seconds}
+            peer_row = {
+                "rule": f"fer package {version} (Haar, its own CNN)",
+                "options": None,
+                **score(truth, preds),
+                "seconds": seconds,
+            }
         log(f"peer: {peer_row}")
     return {"model": model, "folder": str(folder), "photos": len(photos), "rules": results, "peer": peer_row}
 
@@ -161,7 +179,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_cards(folder: str | Path, *, limit: int | None = None, log: Callable[[str], None] = lambda _: None) -> list[str]:
+def update_cards(
+    folder: str | Path, *, limit: int | None = None, log: Callable[[str], None] = lambda _: None
+) -> list[str]:
     """Measure every bundled model and write its rows into its card (``photos_in_the_wild``), Markdown too."""
     from fer_sdk.export.ship import card_markdown
 
@@ -182,10 +202,12 @@ def update_cards(folder: str | Path, *, limit: int | None = None, log: Callable[
 
         card["framing"] = Framing.from_metadata(Classifier(spec.name).metadata).name
         card["photos_in_the_wild"] = {
-            "data": Path(folder).name, "photos": report["photos"],
+            "data": Path(folder).name,
+            "photos": report["photos"],
             "command": f"python -m fer_sdk.benchmarks.wild --data {Path(folder).name} --model {spec.name}",
-            "rules": [{k: r[k] for k in ("rule", "options", "found_rate", "accuracy", "macro_f1")}
-                      for r in report["rules"]],
+            "rules": [
+                {k: r[k] for k in ("rule", "options", "found_rate", "accuracy", "macro_f1")} for r in report["rules"]
+            ],
         }
         atomic_write_json(card_path, card)
         atomic_write_text(card_path.with_suffix(".md"), card_markdown(card))
@@ -205,14 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action="store_true", help="also run the fer package, when installed")
     parser.add_argument("--limit", type=int, default=None, help="first N photos only")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
-    parser.add_argument("--cards", action="store_true", help="measure every bundled model and write the rows into "
-                        "its model card (fer_sdk/models/cards)")
+    parser.add_argument(
+        "--cards",
+        action="store_true",
+        help="measure every bundled model and write the rows into its model card (fer_sdk/models/cards)",
+    )
     args = parser.parse_args(argv)
     if args.cards:
         update_cards(args.data, limit=args.limit, log=lambda m: print(m, file=sys.stderr))
         return 0
-    report = measure_wild(args.data, model=args.model, peer=args.peer, limit=args.limit,
-                          log=lambda m: print(m, file=sys.stderr))
+    report = measure_wild(
+        args.data, model=args.model, peer=args.peer, limit=args.limit, log=lambda m: print(m, file=sys.stderr)
+    )
     if args.json:
         from fer_sdk.io import atomic_write_json
 

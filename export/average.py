@@ -61,8 +61,10 @@ def average_networks(paths: list[Path]):
     if any(s != shapes[0] for s in shapes):
         odd = next(p for p, s in zip(paths, shapes) if s != shapes[0])
         raise FerSdkError(f"{odd} is not the same network as {paths[0]}; average snapshots of one run only")
-    mean = [np.mean([n.get_weights()[i] for n in nets], axis=0, dtype=np.float64).astype(np.float32)
-            for i in range(len(shapes[0]))]
+    mean = [
+        np.mean([n.get_weights()[i] for n in nets], axis=0, dtype=np.float64).astype(np.float32)
+        for i in range(len(shapes[0]))
+    ]
     nets[0].set_weights(mean)
     return nets[0]
 
@@ -82,7 +84,9 @@ def recalibrate_batchnorm(net, x_uint8: np.ndarray, *, batch_size: int = 256) ->
         feat = layer.input
         axes = tuple(range(len(feat.shape) - 1))  # all but channels
         # per-batch moments computed inside the compiled graph: no (N, 48, 48, C) array reaches numpy
-        probe = keras.Model(net.input, [keras.ops.mean(feat, axis=axes), keras.ops.mean(keras.ops.square(feat), axis=axes)])
+        probe = keras.Model(
+            net.input, [keras.ops.mean(feat, axis=axes), keras.ops.mean(keras.ops.square(feat), axis=axes)]
+        )
         total, total_sq = 0.0, 0.0
         for i in range(0, len(x), batch_size):
             chunk = x[i : i + batch_size]

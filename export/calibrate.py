@@ -100,19 +100,28 @@ def fold_temperature(model, temperature: float):
             n.output[:] = [mean if o == OUTPUT_NAME else o for o in n.output]
         floor = "fer_sdk_probability_floor"
         graph.initializer.append(numpy_helper.from_array(np.array(1e-12, dtype=np.float32), floor))
-        graph.node.extend([
-            helper.make_node("Max", [mean, floor], ["fer_sdk_floored"], name="fer_sdk_temperature_floor"),
-            helper.make_node("Log", ["fer_sdk_floored"], ["fer_sdk_log_p"], name="fer_sdk_temperature_log"),
-            helper.make_node("Div", ["fer_sdk_log_p", scale], [scaled], name="fer_sdk_temperature_div"),
-            helper.make_node("Softmax", [scaled], [OUTPUT_NAME], axis=-1, name="fer_sdk_temperature_softmax"),
-        ])
+        graph.node.extend(
+            [
+                helper.make_node("Max", [mean, floor], ["fer_sdk_floored"], name="fer_sdk_temperature_floor"),
+                helper.make_node("Log", ["fer_sdk_floored"], ["fer_sdk_log_p"], name="fer_sdk_temperature_log"),
+                helper.make_node("Div", ["fer_sdk_log_p", scale], [scaled], name="fer_sdk_temperature_div"),
+                helper.make_node("Softmax", [scaled], [OUTPUT_NAME], axis=-1, name="fer_sdk_temperature_softmax"),
+            ]
+        )
     onnx.checker.check_model(out)
     return out
 
 
-def calibrate_model(src: str | os.PathLike, dst: str | os.PathLike, *, faces: np.ndarray, labels: np.ndarray,
-                    fitted_on: str, eval_faces: np.ndarray | None = None,
-                    eval_labels: np.ndarray | None = None) -> dict:
+def calibrate_model(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    faces: np.ndarray,
+    labels: np.ndarray,
+    fitted_on: str,
+    eval_faces: np.ndarray | None = None,
+    eval_labels: np.ndarray | None = None,
+) -> dict:
     """Fit a temperature for the model at ``src`` on ``faces``/``labels`` (``fitted_on`` names them, e.g.
     "Training rows 25,838-28,708 (held out)"), fold it in and write ``dst`` atomically; return the metadata's
     ``calibration`` block: T, and ECE / NLL before and after on ``eval_faces`` (else on the fitting faces)."""
@@ -142,8 +151,10 @@ def calibrate_model(src: str | os.PathLike, dst: str | os.PathLike, *, faces: np
         "fitted_on": fitted_on,
         "faces": len(faces),
         "measured_on": "the fitting faces" if eval_faces is None else f"{len(ex)} other faces",
-        "ece_before": before_report["ece"], "ece_after": after_report["ece"],
-        "nll_before": before_report["nll"], "nll_after": after_report["nll"],
+        "ece_before": before_report["ece"],
+        "ece_after": after_report["ece"],
+        "nll_before": before_report["nll"],
+        "nll_after": after_report["nll"],
     }
     calibrated = fold_temperature(model, temperature)
     set_metadata(calibrated, {**meta, "calibration": block})
@@ -152,6 +163,8 @@ def calibrate_model(src: str | os.PathLike, dst: str | os.PathLike, *, faces: np
     expected = apply_temperature(before[:256], temperature)
     if not np.allclose(check, expected, atol=2e-3):
         dst.unlink()
-        raise ModelError(f"{dst}: the folded graph does not reproduce the temperature (max diff "
-                         f"{np.abs(check - expected).max():.4f}); nothing written")
+        raise ModelError(
+            f"{dst}: the folded graph does not reproduce the temperature (max diff "
+            f"{np.abs(check - expected).max():.4f}); nothing written"
+        )
     return block

@@ -27,6 +27,17 @@ AUGMENT_LEVELS = ("strong", "light", "flip")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
+def invocation(module: str | None = None) -> str:
+    """This process's command line as anyone could rerun it: ``fer-sdk ...`` or ``python -m MODULE ...``, never
+    the build machine's absolute path to the script."""
+    args = sys.argv[1:]
+    if module is not None:
+        return shlex.join(["python", "-m", module, *args])
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fer-sdk"
+    head = ["fer-sdk"] if name == "fer-sdk" else ["python", name]
+    return shlex.join([*head, *args])
+
+
 @dataclass
 class TrainConfig:
     arch: str
@@ -49,7 +60,7 @@ class TrainConfig:
     snapshots: bool = False  # also keep the network of every epoch as snapshots/epoch_NNN.keras (for averaging)
     teacher: str | None = None  # knowledge distillation: a bundled model name or .onnx path (see distill.py)
     teacher_weight: float = 0.5  # share of the teacher's probabilities in each target (with a teacher)
-    command: str = field(default_factory=lambda: invocation())  # invocation is defined below
+    command: str = field(default_factory=invocation)
 
     def __post_init__(self) -> None:
         for what, value, choices in (
@@ -107,14 +118,3 @@ def require_run(out: str | os.PathLike) -> None:
         raise InvalidInputError(
             f"--resume: {out} holds no run to resume (no config.json); check --out, or drop --resume to start one"
         )
-
-
-def invocation(module: str | None = None) -> str:
-    """This process's command line as anyone could rerun it: ``fer-sdk ...`` or ``python -m MODULE ...``, never
-    the build machine's absolute path to the script."""
-    args = sys.argv[1:]
-    if module is not None:
-        return shlex.join(["python", "-m", module, *args])
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fer-sdk"
-    head = ["fer-sdk"] if name == "fer-sdk" else ["python", name]
-    return shlex.join([*head, *args])

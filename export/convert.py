@@ -133,9 +133,7 @@ def summarize_metrics(metrics: dict | None) -> dict:
     if not metrics:
         return {}
     if not isinstance(metrics, dict):
-        raise InvalidInputError(
-            f"metrics must be a dict (a run's metrics.json or {{split: {{...}}}}); got {metrics!r}"
-        )
+        raise InvalidInputError(f"metrics must be a dict (a run's metrics.json or {{split: {{...}}}}); got {metrics!r}")
     if "splits" in metrics:
         split = metrics.get("selection_split", "PublicTest")
         report = metrics["splits"].get(split)
@@ -244,9 +242,7 @@ def _fix_io(proto) -> None:
     for value, rest in ((graph.input[0], [*INPUT_SIZE, 1]), (graph.output[0], [len(EMOTIONS)])):
         ttype = value.type.tensor_type
         if ttype.elem_type != TensorProto.FLOAT:
-            raise ModelError(
-                f"graph {value.name!r} is {TensorProto.DataType.Name(ttype.elem_type)}, not float32"
-            )
+            raise ModelError(f"graph {value.name!r} is {TensorProto.DataType.Name(ttype.elem_type)}, not float32")
         dims = ttype.shape.dim
         if len(dims) != 1 + len(rest) or [d.dim_value for d in dims[1:]] != rest:
             raise ModelError(f"graph {value.name!r} has shape {[d.dim_value or d.dim_param for d in dims]}")
@@ -337,10 +333,7 @@ def ort_session(model_bytes: bytes):
 
 def ort_predict(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run ``session`` on float32 (N, 48, 48, 1) input in batches; return (N, 7) probabilities."""
-    out = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0]
-        for i in range(0, len(x), batch_size)
-    ]
+    out = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
 
 
@@ -380,9 +373,7 @@ def export_onnx(
     converted graph fails the checker or parity.
     """
     tf, keras, tf2onnx, _onnx = _require_train_extra()
-    parity_faces = check_faces(
-        parity_faces, name="parity_faces", minimum=MIN_PARITY_FACES, purpose="the parity check"
-    )
+    parity_faces = check_faces(parity_faces, name="parity_faces", minimum=MIN_PARITY_FACES, purpose="the parity check")
     if not isinstance(opset, int) or opset < 13:
         raise InvalidInputError(f"opset={opset!r} must be an integer >= 13 (e.g. opset=17)")
     t_start = time.perf_counter()

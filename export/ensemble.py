@@ -127,6 +127,7 @@ def _prefix_names(graph, prefix: str) -> None:
     (``onnx.compose.add_prefix`` misses outer initializers read by a subgraph). Empty names (omitted optional
     inputs) stay empty.
     """
+
     def p(name: str) -> str:
         return prefix + name if name else name
 
@@ -166,8 +167,9 @@ def merge(protos, weights: list[float], meta: dict, onnx):
         weight = numpy_helper.from_array(np.array(weights[i], np.float32), f"ensemble/weight{i}")
         initializers.append(weight)
         weighted.append(f"ensemble/weighted{i}")
-        nodes.append(helper.make_node("Mul", [prefix + OUTPUT_NAME, weight.name], [weighted[-1]],
-                                      name=f"ensemble/mul{i}"))
+        nodes.append(
+            helper.make_node("Mul", [prefix + OUTPUT_NAME, weight.name], [weighted[-1]], name=f"ensemble/mul{i}")
+        )
     nodes.append(helper.make_node("Sum", weighted, [OUTPUT_NAME], name="ensemble/sum"))
     spec = meta["input"]
     shape = ["N", int(spec.get("height", 48)), int(spec.get("width", 48)), int(spec.get("channels", 1))]
@@ -216,7 +218,9 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     ``InvalidInputError`` for bad members or weights and ``ModelError`` for members that cannot be merged
     or a merged graph that does not reproduce the members; nothing is written then.
     """
-    (onnx,) = require_modules("onnx", needs="building an ensemble needs onnx", install='pip install "fer-sdk[cpu,train]"')
+    (onnx,) = require_modules(
+        "onnx", needs="building an ensemble needs onnx", install='pip install "fer-sdk[cpu,train]"'
+    )
     t_start = time.perf_counter()
     pairs = parse_members(members)
     out = check_output_file(out, option="out")
@@ -244,8 +248,15 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
         "parameters": int(sum(int(m.meta.get("parameters", 0)) for m in loaded)),
         "source_sha256": hashlib.sha256("".join(m.meta.get("source_sha256", "") for m in loaded).encode()).hexdigest(),
         "ensemble": [
-            {"name": m.name, "file": m.path.name, "sha256": m.sha256, "architecture": m.meta.get("architecture"),
-             "precision": m.meta.get("precision", "fp32"), "parameters": m.meta.get("parameters"), "weight": w}
+            {
+                "name": m.name,
+                "file": m.path.name,
+                "sha256": m.sha256,
+                "architecture": m.meta.get("architecture"),
+                "precision": m.meta.get("precision", "fp32"),
+                "parameters": m.meta.get("parameters"),
+                "weight": w,
+            }
             for m, w in zip(loaded, weights)
         ],
         "metrics": {},
@@ -279,8 +290,10 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     shown = " + ".join(f"{w:.2f} x {m.name}" for m, w in zip(loaded, weights))
-    log(f"wrote {out} ({shown}; {len(data) / 1e6:.1f} MB, sha256 {report['sha256'][:12]}; "
-        f"max |ensemble - members| {diff:.1e})")
+    log(
+        f"wrote {out} ({shown}; {len(data) / 1e6:.1f} MB, sha256 {report['sha256'][:12]}; "
+        f"max |ensemble - members| {diff:.1e})"
+    )
     return report
 
 

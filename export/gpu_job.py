@@ -50,11 +50,18 @@ def worker(args) -> None:
     if args.limit:
         x_tr, y_tr = x_tr[: args.limit], y_tr[: args.limit]
     recipe = dict(RECIPES[args.worker], **json.loads(args.override))
-    cfg = TrainConfig(**recipe, time_budget_s=args.budget, command=(
-        f"fer-sdk train --arch {recipe['arch']} --optimizer {recipe['optimizer']} --data fer2013.csv.gz "
-        f"--epochs EPOCHS_DONE  # KERAS_BACKEND=jax on a GPU; EPOCHS_DONE from metrics.json"
-    ))
-    log = lambda m: print(f"[{args.worker}] {m}", flush=True)
+    cfg = TrainConfig(
+        **recipe,
+        time_budget_s=args.budget,
+        command=(
+            f"fer-sdk train --arch {recipe['arch']} --optimizer {recipe['optimizer']} --data fer2013.csv.gz "
+            f"--epochs EPOCHS_DONE  # KERAS_BACKEND=jax on a GPU; EPOCHS_DONE from metrics.json"
+        ),
+    )
+
+    def log(m):
+        return print(f"[{args.worker}] {m}", flush=True)
+
     splits = Splits(x_tr, y_tr, x_va, y_va)
     if args.fit:
         run = Path(args.work) / args.worker
@@ -119,8 +126,10 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if json.loads(args.override).get("teacher"):
-        ap.error("--override: gpu_job does not distil (its parallel workers would all run the teacher on the "
-                 "CPU); train with a teacher through `fer-sdk train --teacher` instead")
+        ap.error(
+            "--override: gpu_job does not distil (its parallel workers would all run the teacher on the "
+            "CPU); train with a teacher through `fer-sdk train --teacher` instead"
+        )
     if args.worker:
         return worker(args)
 
@@ -128,15 +137,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + (args.deadline or args.budget + 120)
-    env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"),
-               XLA_PYTHON_CLIENT_MEM_FRACTION=args.mem_fraction, PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"),
+        XLA_PYTHON_CLIENT_MEM_FRACTION=args.mem_fraction,
+        PYTHONUNBUFFERED="1",
+    )
     procs = {}
     for name in args.runs.split(","):
         (work / name).mkdir(parents=True, exist_ok=True)
         log = open(work / name / "train.log", "a")  # noqa: SIM115  (outlives this loop; closed after the worker exits)
         cmd = worker_command(name, sys.argv[1:])
-        procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True), log)
+        procs[name] = (
+            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
+            log,
+        )
     while any(p.poll() is None for p, _ in procs.values()) and time.time() < deadline:
         time.sleep(5)
         lines = []

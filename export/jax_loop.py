@@ -129,8 +129,16 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
         loss, acc = float(loss), float(acc)
         seconds = time.perf_counter() - t0
         st["wall_time_s"] += seconds
-        st["history"].append({"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2), "loss": loss,
-                              "accuracy": acc, "val_accuracy": val_acc})
+        st["history"].append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "seconds": round(seconds, 2),
+                "loss": loss,
+                "accuracy": acc,
+                "val_accuracy": val_acc,
+            }
+        )
         improved = val_acc > st["best_val_accuracy"]
         if improved or cfg.snapshots:
             for v, val in zip(net.trainable_variables, tv_net):
@@ -143,8 +151,10 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
         st["epochs_done"] = epoch + 1
         apply_time_budget(cfg, st, epoch, log)
         atomic_write_json(out / "state.json", st)
-        log(f"epoch {epoch + 1}/{st['planned_epochs']}  lr {lr:.5f}  loss {loss:.4f}  acc {acc:.4f}  "
-            f"val_acc {val_acc:.4f}  best {st['best_val_accuracy']:.4f}@{st['best_epoch']}  {seconds:.1f}s")
+        log(
+            f"epoch {epoch + 1}/{st['planned_epochs']}  lr {lr:.5f}  loss {loss:.4f}  acc {acc:.4f}  "
+            f"val_acc {val_acc:.4f}  best {st['best_val_accuracy']:.4f}@{st['best_epoch']}  {seconds:.1f}s"
+        )
         epoch += 1
 
     best = keras.models.load_model(out / "best.keras")
@@ -160,6 +170,8 @@ def train_on_device(cfg: TrainConfig, data: Splits, out, *, log=print) -> dict:
 
     metrics = evaluate_run(out, data, cfg, st, predict=device_predict)
     atomic_write_json(out / "metrics.json", metrics)
-    log(f"done: best {data.val_name} accuracy {metrics['splits'][data.val_name]['accuracy']:.4f} "
-        f"(epoch {st['best_epoch']}), flip-TTA {metrics['splits'][data.val_name]['accuracy_flip_tta']:.4f}")
+    log(
+        f"done: best {data.val_name} accuracy {metrics['splits'][data.val_name]['accuracy']:.4f} "
+        f"(epoch {st['best_epoch']}), flip-TTA {metrics['splits'][data.val_name]['accuracy_flip_tta']:.4f}"
+    )
     return metrics

@@ -78,7 +78,9 @@ def export_model(
     check_output_file(out, option="--out", inputs=inputs)
     if int8:
         check_output_file(int8_path(out), option="--out (its INT8 twin)", inputs=inputs)
-    data_splits = read_fer2013(data, splits=EVAL_SPLITS)  # holds Training too: calibration from --data reads the file once
+    data_splits = read_fer2013(
+        data, splits=EVAL_SPLITS
+    )  # holds Training too: calibration from --data reads the file once
     x_eval, y_eval, eval_name = _faces(data_splits, data, EVAL_SPLITS)
     if int8:  # read the calibration faces before converting: a bad file fails in seconds, with nothing written
         cal_splits = data_splits if calibration is None else read_fer2013(calibration, splits="Training")
@@ -89,8 +91,12 @@ def export_model(
         from .quantize import quantize_int8
 
         calibration_faces = calibration_pick(x_cal, calibration_size, seed)
-        log(f"calibrating INT8 on {len(calibration_faces)} {cal_name} faces; evaluating on {len(x_eval)} {eval_name} faces")
-        quantize_int8(out, int8_path(out), calibration_faces=calibration_faces,
-                      eval_faces=x_eval, eval_labels=y_eval, log=log)
+        log(
+            f"calibrating INT8 on {len(calibration_faces)} {cal_name} faces; "
+            f"evaluating on {len(x_eval)} {eval_name} faces"
+        )
+        quantize_int8(
+            out, int8_path(out), calibration_faces=calibration_faces, eval_faces=x_eval, eval_labels=y_eval, log=log
+        )
         written.append(int8_path(out))
     return written

@@ -54,7 +54,9 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 def _require_ort_quantization():
     return require_modules(
-        "onnx", "onnxruntime.quantization", needs="INT8 quantization needs onnx and onnxruntime",
+        "onnx",
+        "onnxruntime.quantization",
+        needs="INT8 quantization needs onnx and onnxruntime",
         install='pip install "fer-sdk[train]"',
     )
 
@@ -99,9 +101,7 @@ def head_nodes(graph) -> list[str]:
         names.append(node.name)
     elif node is not None and node.op_type == "Add":
         names.append(node.name)
-        matmul = next(
-            (producer.get(t) for t in node.input if t in producer and producer[t].op_type == "MatMul"), None
-        )
+        matmul = next((producer.get(t) for t in node.input if t in producer and producer[t].op_type == "MatMul"), None)
         if matmul is not None:
             names.append(matmul.name)
     return names
@@ -164,8 +164,11 @@ def quantize_int8(
     """
     onnx, q = _require_ort_quantization()
     calibration_faces = check_faces(
-        calibration_faces, name="calibration_faces", minimum=MIN_CALIBRATION_FACES, purpose="INT8 calibration",
-        source="FER2013 Training"
+        calibration_faces,
+        name="calibration_faces",
+        minimum=MIN_CALIBRATION_FACES,
+        purpose="INT8 calibration",
+        source="FER2013 Training",
     )
     if (eval_faces is None) != (eval_labels is None):
         raise InvalidInputError("pass eval_faces and eval_labels together (or neither)")
@@ -174,14 +177,13 @@ def quantize_int8(
         eval_labels = np.asarray(eval_labels)
         if eval_labels.shape != (len(eval_faces),) or not np.issubdtype(eval_labels.dtype, np.integer):
             raise InvalidInputError(
-                f"eval_labels must be {len(eval_faces)} integer class indices; got {eval_labels.dtype} {eval_labels.shape}"
+                f"eval_labels must be {len(eval_faces)} integer class indices; "
+                f"got {eval_labels.dtype} {eval_labels.shape}"
             )
     if activation_type not in ACTIVATION_TYPES:
         raise InvalidInputError(f"activation_type={activation_type!r}; use one of {ACTIVATION_TYPES}")
     if calibration_method not in CALIBRATION_METHODS:
-        raise InvalidInputError(
-            f"calibration_method={calibration_method!r}; use one of {CALIBRATION_METHODS}"
-        )
+        raise InvalidInputError(f"calibration_method={calibration_method!r}; use one of {CALIBRATION_METHODS}")
     fp32_path = Path(fp32_path)
     if not fp32_path.is_file():
         raise ModelError(f"no such ONNX model: {fp32_path}; export it first with fer-sdk export")

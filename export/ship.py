@@ -25,24 +25,36 @@ from fer_sdk.registry import sha256_file
 from .ensemble import build_ensemble, parse_members
 
 KNOWN_LIMITS = [
-    ("FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
-    "views, occlusions, strong lighting and faces far from that distribution."),
-    ("The classes are skewed: happy is 25 % of Training, disgust 1.5 % (436 faces); disgust recall is the "
-    "least reliable number on the card."),
+    (
+        "FER2013 faces are 48x48 grayscale, mostly frontal, from web image search: accuracy drops on profile "
+        "views, occlusions, strong lighting and faces far from that distribution."
+    ),
+    (
+        "The classes are skewed: happy is 25 % of Training, disgust 1.5 % (436 faces); disgust recall is the "
+        "least reliable number on the card."
+    ),
     "FER2013 labels are noisy; human accuracy on the dataset is about 65 %.",
-    ("PublicTest selected the checkpoint (best epoch) and is also the split reported, so its number is "
-    "slightly optimistic; the withheld PrivateTest is measured independently."),
-    ("Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
-    "about people."),
+    (
+        "PublicTest selected the checkpoint (best epoch) and is also the split reported, so its number is "
+        "slightly optimistic; the withheld PrivateTest is measured independently."
+    ),
+    (
+        "Emotion recognition from a face is a weak signal of what a person feels; do not use it for decisions "
+        "about people."
+    ),
 ]
 
 
 #: Extra known limits on an ensemble's card.
 ENSEMBLE_LIMITS = [
-    ("Member weights chosen by PublicTest accuracy (as the bundled ensemble's were, from 0.5-0.8) make its "
-    "PublicTest gain over its best member optimistic by a few tenths of a point."),
-    ("It runs every member on each face: its latency is about the sum of the members' (`fer-sdk bench` times it "
-    "with the other bundled models)."),
+    (
+        "Member weights chosen by PublicTest accuracy (as the bundled ensemble's were, from 0.5-0.8) make its "
+        "PublicTest gain over its best member optimistic by a few tenths of a point."
+    ),
+    (
+        "It runs every member on each face: its latency is about the sum of the members' (`fer-sdk bench` times it "
+        "with the other bundled models)."
+    ),
 ]
 
 
@@ -62,7 +74,9 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         f"--seed {cfg['seed']}",
         f"--precision {cfg['precision']}" if cfg.get("precision", "float32") != "float32" else None,
         "--snapshots" if cfg.get("snapshots") else None,
-        f"--teacher {shlex.quote(cfg['teacher'])} --teacher-weight {cfg['teacher_weight']}" if cfg.get("teacher") else None,
+        f"--teacher {shlex.quote(cfg['teacher'])} --teacher-weight {cfg['teacher_weight']}"
+        if cfg.get("teacher")
+        else None,
     ]
     return " ".join(p for p in parts if p)
 
@@ -83,8 +97,15 @@ def confusion_png(report: dict, title: str, path: Path) -> None:
     ax.set_yticks(range(len(labels)), labels)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
@@ -99,14 +120,18 @@ def card_markdown(card: dict) -> str:
     lines = [
         f"# fer-sdk model card: `{card['name']}`",
         "",
-        (f"{_kind(card)}, {card['precision']}, {card['parameters']:,} parameters, "
-        f"{card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`."),
+        (
+            f"{_kind(card)}, {card['precision']}, {card['parameters']:,} parameters, "
+            f"{card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`."
+        ),
         "",
         "## Results on FER2013 PublicTest (3,589 faces)",
         "",
         f"- accuracy **{100 * r['accuracy']:.2f} %**, macro-F1 {r['macro_f1']:.4f}",
-        (f"- with flip test-time augmentation (`Classifier(flip_tta=True)`, 2x compute): "
-        f"{100 * card['evaluation_flip_tta']['accuracy']:.2f} %"),
+        (
+            f"- with flip test-time augmentation (`Classifier(flip_tta=True)`, 2x compute): "
+            f"{100 * card['evaluation_flip_tta']['accuracy']:.2f} %"
+        ),
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
@@ -119,8 +144,15 @@ def card_markdown(card: dict) -> str:
         q = card["quantization"]
         lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
     lines += _wild_lines(card)
-    lines += ["", "## Evaluate it yourself", "", f"`{card['evaluate_command']}` (add `--tta` for the flip TTA number)",
-              "", "## Known limits", ""]
+    lines += [
+        "",
+        "## Evaluate it yourself",
+        "",
+        f"`{card['evaluate_command']}` (add `--tta` for the flip TTA number)",
+        "",
+        "## Known limits",
+        "",
+    ]
     lines += [f"- {item}" for item in card["known_limits"]]
     return "\n".join(lines) + "\n"
 
@@ -132,15 +164,19 @@ def _wild_lines(card: dict) -> list[str]:
     if not wild:
         return lines
     lines += [
-        (f"- Whole pipeline (decode, detect, crop, classify) on {wild['photos']} crowd-labelled photos of faces "
-         f"(`{wild['data']}`; noisy labels: compare rows, not with FER2013). A photo with no face counts as wrong."),
+        (
+            f"- Whole pipeline (decode, detect, crop, classify) on {wild['photos']} crowd-labelled photos of faces "
+            f"(`{wild['data']}`; noisy labels: compare rows, not with FER2013). A photo with no face counts as wrong."
+        ),
         f"  Reproduce: `{wild['command']}`",
         "",
         "| crop rule | faces found | accuracy | macro-F1 |",
         "|---|---|---|---|",
     ]
     for r in wild["rules"]:
-        lines.append(f"| {r['rule']} | {100 * r['found_rate']:.2f} % | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.3f} |")
+        lines.append(
+            f"| {r['rule']} | {100 * r['found_rate']:.2f} % | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.3f} |"
+        )
     return lines
 
 
@@ -155,10 +191,14 @@ def _training_lines(card: dict) -> list[str]:
     lines = [
         "## Data and training",
         "",
-        ("- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
-        "PublicTest accuracy was kept; PrivateTest is withheld from this project."),
-        (f"- {len(t['stages'])} training stage(s), {t['epochs']} epochs in all, "
-        f"{t['wall_time_s'] / 60:.1f} min of training on {t['hardware']}."),
+        (
+            "- Data: FER2013 (Kaggle challenge CSV). Fit on Training (28,709 faces); the checkpoint with the best "
+            "PublicTest accuracy was kept; PrivateTest is withheld from this project."
+        ),
+        (
+            f"- {len(t['stages'])} training stage(s), {t['epochs']} epochs in all, "
+            f"{t['wall_time_s'] / 60:.1f} min of training on {t['hardware']}."
+        ),
     ]
     for i, st in enumerate(t["stages"], 1):
         ran = f"{st['epochs']} epochs (best {st['best_epoch']}), " if st["best_epoch"] is not None else ""
@@ -180,8 +220,10 @@ def _ensemble_lines(ensemble: dict) -> list[str]:
     lines = [
         "## Members",
         "",
-        ("One ONNX file: every member reads the same face and the output is the weighted sum of their softmax "
-        "rows (still a softmax). The members' graphs are copied in unchanged."),
+        (
+            "One ONNX file: every member reads the same face and the output is the weighted sum of their softmax "
+            "rows (still a softmax). The members' graphs are copied in unchanged."
+        ),
         "",
         "| member | weight | precision | parameters | sha256 | card |",
         "|---|---|---|---|---|---|",
@@ -230,8 +272,11 @@ def training_stages(run: Path, run_metrics: dict, arch: str) -> dict:
         }
         if metrics.get("average"):
             avg = metrics["average"]
-            span = f"{avg['epochs'][0]}-{avg['epochs'][-1]}" if avg["epochs"] == list(
-                range(avg["epochs"][0], avg["epochs"][-1] + 1)) else ",".join(map(str, avg["epochs"]))
+            span = (
+                f"{avg['epochs'][0]}-{avg['epochs'][-1]}"
+                if avg["epochs"] == list(range(avg["epochs"][0], avg["epochs"][-1] + 1))
+                else ",".join(map(str, avg["epochs"]))
+            )
             stage["recipe"] = (
                 f"weight average (SWA) of the networks after epochs {span} of the previous stage, batch-norm "
                 f"statistics re-estimated on {avg['bn_faces']:,} Training faces"
@@ -304,12 +349,16 @@ def _teacher_text(teacher: dict) -> str:
     members = teacher.get("members")
     made_of = (
         " (an ensemble of "
-        + ", ".join(f"`{m['name']}` x {m['weight']:g} (sha256 {m['sha256'][:12]}...)" for m in members) + ")"
-        if members else ""
+        + ", ".join(f"`{m['name']}` x {m['weight']:g} (sha256 {m['sha256'][:12]}...)" for m in members)
+        + ")"
+        if members
+        else ""
     )
     w = teacher["weight"]
-    return (f"; distilled from teacher `{teacher['file']}`{sha}{made_of}: targets {1 - w:g} x label + {w:g} x the "
-            "teacher's flip-averaged probabilities")
+    return (
+        f"; distilled from teacher `{teacher['file']}`{sha}{made_of}: targets {1 - w:g} x label + {w:g} x the "
+        "teacher's flip-averaged probabilities"
+    )
 
 
 #: What each ``augment_level`` of ``export/train.py`` does, in words for the model cards.
@@ -320,8 +369,15 @@ AUGMENT_TEXT = {
 }
 
 
-def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, default: str | None = None,
-         ensembles: dict[str, list[tuple[str, float]]] | None = None, log=print) -> dict:
+def ship(
+    runs: dict[str, Path],
+    data: Path,
+    *,
+    models_dir: Path | None = None,
+    default: str | None = None,
+    ensembles: dict[str, list[tuple[str, float]]] | None = None,
+    log=print,
+) -> dict:
     """Export ``runs`` (``{arch: run folder}``) as fp32 + INT8, then build ``ensembles`` (``{name: [(member,
     weight)]}``, members named as bundled models, e.g. ``deep-int8``); evaluate each file, write its card and
     the manifest."""
@@ -338,8 +394,11 @@ def ship(runs: dict[str, Path], data: Path, *, models_dir: Path | None = None, d
     for arch, run in runs.items():
         run_metrics = json.loads((Path(run) / "metrics.json").read_text())
         for path in export_model(run, models_dir / f"{arch}.onnx", data=data, int8=True, log=log):
-            extra = {"architecture": arch, "parameters": int(run_metrics["parameters"]),
-                     "training": training_stages(Path(run), run_metrics, arch)}
+            extra = {
+                "architecture": arch,
+                "parameters": int(run_metrics["parameters"]),
+                "training": training_stages(Path(run), run_metrics, arch),
+            }
             manifest["models"][path.stem] = _card(path, extra, data, public, models_dir, log)
     _build_ensembles(manifest, models_dir, ensembles, data, public, log)
     manifest["default"] = default or manifest.get("default") or next(iter(manifest["models"]))
@@ -353,16 +412,28 @@ def _build_ensembles(manifest: dict, models_dir: Path, ensembles: dict, data: Pa
         path = models_dir / f"{name}.onnx"
         files = [(models_dir / manifest["models"][m]["file"], w) for m, w in members]
         report = build_ensemble(files, path, log=log)
-        command = "fer-sdk models ensemble " + " ".join(
-            f"--member {m['name']}={w:g}" for m, (_, w) in zip(report["members"], members)
-        ) + f" --out {path.name}"
-        extra = {"architecture": "ensemble", "parameters": report["parameters"],
-                 "ensemble": {"members": report["members"], "command": command}}
+        command = (
+            "fer-sdk models ensemble "
+            + " ".join(f"--member {m['name']}={w:g}" for m, (_, w) in zip(report["members"], members))
+            + f" --out {path.name}"
+        )
+        extra = {
+            "architecture": "ensemble",
+            "parameters": report["parameters"],
+            "ensemble": {"members": report["members"], "command": command},
+        }
         manifest["models"][name] = _card(path, extra, data, public, models_dir, log)
 
 
-def requantize(archs: list[str], data: Path, *, models_dir: Path | None = None, seed: int = 0,
-               calibration_size: int | None = None, log=print) -> dict:
+def requantize(
+    archs: list[str],
+    data: Path,
+    *,
+    models_dir: Path | None = None,
+    seed: int = 0,
+    calibration_size: int | None = None,
+    log=print,
+) -> dict:
     """Quantize the bundled fp32 models ``archs`` to INT8 again (calibration as ``fer-sdk export`` picks it:
     ``calibration_size`` Training faces, default 1,000, drawn with ``seed``), re-card them, and rebuild the
     bundled ensembles that average them. Their training lineage is kept from the existing cards."""
@@ -376,15 +447,23 @@ def requantize(archs: list[str], data: Path, *, models_dir: Path | None = None, 
     manifest = json.loads(manifest_path.read_text())
     missing = [a for a in archs if a not in manifest["models"]]
     if missing:
-        raise InvalidInputError(f"--requantize {missing}: not bundled fp32 models; choose from {sorted(manifest['models'])}")
+        raise InvalidInputError(
+            f"--requantize {missing}: not bundled fp32 models; choose from {sorted(manifest['models'])}"
+        )
     ensembles = _plan_ensembles(manifest, models_dir, dict.fromkeys(archs), {}, log)
     public = load_split(data, "PublicTest")
     x_train, _ = load_split(data, "Training")
     calibration_faces = calibration_pick(x_train, calibration_size or DEFAULT_CALIBRATION_FACES, seed)
     for arch in archs:
         out = models_dir / f"{arch}-int8.onnx"
-        quantize_int8(models_dir / manifest["models"][arch]["file"], out, calibration_faces=calibration_faces,
-                      eval_faces=public[0], eval_labels=public[1], log=log)
+        quantize_int8(
+            models_dir / manifest["models"][arch]["file"],
+            out,
+            calibration_faces=calibration_faces,
+            eval_faces=public[0],
+            eval_labels=public[1],
+            log=log,
+        )
         old = json.loads((models_dir / manifest["models"][arch]["card"]).read_text())
         extra = {"architecture": old["architecture"], "parameters": old["parameters"], "training": old.get("training")}
         manifest["models"][out.stem] = _card(out, extra, data, public, models_dir, log)
@@ -430,7 +509,8 @@ def _plan_ensembles(manifest: dict, models_dir: Path, runs: dict, requested: dic
 
 
 def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) -> dict:
-    """Evaluate ``path`` on PublicTest (plain and flip TTA), write its card (json, md, png); return its manifest entry."""
+    """Evaluate ``path`` on PublicTest (plain and flip TTA), write its card (json, md, png); return its manifest
+    entry."""
     from fer_sdk.classifier import Classifier
     from fer_sdk.evaluate import evaluate
 
@@ -461,8 +541,9 @@ def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) ->
         old = json.loads(previous.read_text())
         if old.get("sha256") == card["sha256"] and old.get("photos_in_the_wild"):
             card["photos_in_the_wild"] = old["photos_in_the_wild"]
-    confusion_png(report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %",
-                  models_dir / "cards" / f"{name}.png")
+    confusion_png(
+        report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %", models_dir / "cards" / f"{name}.png"
+    )
     atomic_write_json(models_dir / "cards" / f"{name}.json", card)
     atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card))
     log(f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} % (flip TTA {100 * tta['accuracy']:.2f} %)")
@@ -473,8 +554,13 @@ def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) ->
         "precision": card["precision"],
         "parameters": card["parameters"],
         "size_bytes": card["size_bytes"],
-        "metrics": {"PublicTest": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                                   "accuracy_flip_tta": tta["accuracy"]}},
+        "metrics": {
+            "PublicTest": {
+                "accuracy": report["accuracy"],
+                "macro_f1": report["macro_f1"],
+                "accuracy_flip_tta": tta["accuracy"],
+            }
+        },
         "card": f"cards/{name}.json",
     }
 
@@ -489,7 +575,8 @@ def models_table(manifest: dict) -> str:
         pt = m["metrics"]["PublicTest"]
         rows.append(
             f"| `{name}`{' (default)' if name == manifest.get('default') else ''} | {m['parameters']:,} | "
-            f"{m['size_bytes'] / 1e6:.1f} MB | **{100 * pt['accuracy']:.2f} %** | {100 * pt['accuracy_flip_tta']:.2f} % | "
+            f"{m['size_bytes'] / 1e6:.1f} MB | **{100 * pt['accuracy']:.2f} %** | "
+            f"{100 * pt['accuracy_flip_tta']:.2f} % | "
             f"{pt['macro_f1']:.3f} | `{m['sha256'][:12]}…` |"
         )
     return "\n".join(rows)

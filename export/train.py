@@ -116,9 +116,7 @@ def _optimizer(cfg: TrainConfig):
     import keras
 
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
-        )
+        return keras.optimizers.SGD(learning_rate=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     return keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -189,7 +187,9 @@ def build_training_model(cfg: TrainConfig):
     if cfg.init_from:
         source = keras.models.load_model(cfg.init_from)
         if source.count_params() != net.count_params():
-            raise InvalidInputError(f"--init-from {cfg.init_from} is not a {cfg.arch} network; pass a {cfg.arch} .keras")
+            raise InvalidInputError(
+                f"--init-from {cfg.init_from} is not a {cfg.arch} network; pass a {cfg.arch} .keras"
+            )
         net.set_weights(source.get_weights())
     stack = [keras.Input((48, 48, 1), name="faces")]
     if cfg.augment:
@@ -265,12 +265,16 @@ class _RunCallback:
                 self._close_bar()
                 self._bar = contextlib.ExitStack()  # this epoch's batches: done, ETA, running loss and accuracy
                 self._advance = self._bar.enter_context(
-                    counter(f"epoch {epoch + 1}/{state['planned_epochs']}", steps, enabled=steps is not None))
+                    counter(f"epoch {epoch + 1}/{state['planned_epochs']}", steps, enabled=steps is not None)
+                )
 
             def on_train_batch_end(self, batch, logs=None):
                 logs = logs or {}
-                self._advance(1, f"loss {float(logs.get('loss', float('nan'))):.4f}  "
-                                 f"acc {float(logs.get('accuracy', float('nan'))):.4f}")
+                self._advance(
+                    1,
+                    f"loss {float(logs.get('loss', float('nan'))):.4f}  "
+                    f"acc {float(logs.get('accuracy', float('nan'))):.4f}",
+                )
 
             def on_train_end(self, logs=None):
                 self._close_bar()
@@ -412,8 +416,15 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
 
 def new_run_state(cfg: TrainConfig) -> dict:
     """``state.json`` of a run before its first epoch (the Keras and the on-device JAX loops share it)."""
-    return {"epochs_done": 0, "planned_epochs": cfg.epochs, "requested_epochs": cfg.epochs,
-            "best_val_accuracy": -1.0, "best_epoch": 0, "wall_time_s": 0.0, "history": []}
+    return {
+        "epochs_done": 0,
+        "planned_epochs": cfg.epochs,
+        "requested_epochs": cfg.epochs,
+        "best_val_accuracy": -1.0,
+        "best_epoch": 0,
+        "wall_time_s": 0.0,
+        "history": [],
+    }
 
 
 def distillation_targets(cfg: TrainConfig, data: Splits, state: dict, log) -> np.ndarray:
@@ -425,8 +436,9 @@ def distillation_targets(cfg: TrainConfig, data: Splits, state: dict, log) -> np
 
     probs = None
     if cfg.teacher:
-        probs, sha = teacher_probabilities(cfg.teacher, data.x_train, expected_sha256=state.get("teacher_sha256"),
-                                           log=log)
+        probs, sha = teacher_probabilities(
+            cfg.teacher, data.x_train, expected_sha256=state.get("teacher_sha256"), log=log
+        )
         state["teacher_sha256"] = sha
     return training_targets(data.y_train, probs, cfg.teacher_weight)
 

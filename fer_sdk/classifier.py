@@ -83,7 +83,8 @@ class Face:
         }
 
     def detection_values(self, digits: int = 2) -> list[float | None]:
-        """Values for ``fer_sdk.detection.DETECTION_COLUMNS``: score (6 decimals), landmarks (``digits``); ``None`` where absent."""
+        """Values for ``fer_sdk.detection.DETECTION_COLUMNS``: score (6 decimals), landmarks (``digits``);
+        ``None`` where absent."""
         score = None if self.detection_score is None else round(float(self.detection_score), 6)
         if self.landmarks is None:
             return [score, *([None] * (2 * len(LANDMARKS)))]
@@ -346,7 +347,9 @@ class Classifier:
             return False
         logger.warning(
             "predict/predict_proba got a %dx%d image as one face crop; it is classified whole. If it is a photo, "
-            "use analyze() (or analyze_many), which finds the faces first", image.shape[1], image.shape[0],
+            "use analyze() (or analyze_many), which finds the faces first",
+            image.shape[1],
+            image.shape[0],
         )
         return True
 
@@ -517,7 +520,7 @@ class Classifier:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def __enter__(self) -> Classifier:  # noqa: PYI034  (typing.Self needs Python 3.11)
+    def __enter__(self) -> Classifier:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -528,8 +531,7 @@ class Classifier:
         if pool is not None:
             pool.shutdown(wait=False)
 
-    def analyze_many(self, images: Iterable[Any], *, workers: int | None = None,
-                     on_error: str = "raise") -> list[Any]:
+    def analyze_many(self, images: Iterable[Any], *, workers: int | None = None, on_error: str = "raise") -> list[Any]:
         """``analyze`` for many photos: decoding and detection run on ``workers`` threads (default: the
         Classifier's ``workers``, else all cores), each thread detecting its share of the photos in batched
         ONNX Runtime calls; then the faces of all photos are classified together in shared batches. Results are

@@ -32,6 +32,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
 def _render_flags_as_flags() -> None:
     """Typer >= 0.2x prints a ``<bool>`` type beside every on/off flag in ``--help``; show flags as flags. Done
     for this CLI's process only, and left alone on Typer versions without the hook."""
@@ -69,7 +71,8 @@ def _main(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print only results and errors: no progress bars, summary or warnings.")
+        bool,
+        typer.Option("--quiet", "-q", help="Print only results and errors: no progress bars, summary or warnings."),
     ] = False,
 ) -> None:
     _state["debug"] = debug
@@ -117,7 +120,9 @@ def _errors():
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
-    except BrokenPipeError:  # `fer-sdk predict ... | head`: the reader has all it wanted; stop quietly, as SIGPIPE would
+    except (
+        BrokenPipeError
+    ):  # `fer-sdk predict ... | head`: the reader has all it wanted; stop quietly, as SIGPIPE would
         import os
         import sys
 
@@ -178,10 +183,14 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders of images, or video files.")],
     model: ModelOpt = "",
     fmt: Annotated[
-        OutputFormat | None, typer.Option(
-            "--format", "-f", help="table (for people), json (one array), jsonl (one object per line) or csv. Every "
+        OutputFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table (for people), json (one array), jsonl (one object per line) or csv. Every "
             "format has the same rows: one per face (per frame for videos); an input with no face or an error gets "
-            "one row.")
+            "one row.",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Same as --format csv.")] = False,
@@ -189,60 +198,86 @@ def predict(
         Path | None, typer.Option("--annotate", help="Write annotated copies of the images into this folder.")
     ] = None,
     save_crops: Annotated[
-        Path | None, typer.Option("--save-crops", help="Save every face as the model saw it cut (PNG) into this folder.")
+        Path | None,
+        typer.Option("--save-crops", help="Save every face as the model saw it cut (PNG) into this folder."),
     ] = None,
     providers: ProvidersOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per inference call.")] = 64,
     detector: Annotated[
-        str | None, typer.Option(
+        str | None,
+        typer.Option(
             help="'yunet' (default: the bundled YuNet, with scores and landmarks), 'haar' (OpenCV's cascade), or a "
-            "path to a YuNet .onnx file.")
+            "path to a YuNet .onnx file."
+        ),
     ] = None,
     min_score: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Drop faces the detector scores below this (YuNet; default 0.6).")
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Drop faces the detector scores below this (YuNet; default 0.6)."),
     ] = None,
     min_face: Annotated[
-        int | None, typer.Option(min=0, help="Drop faces smaller than this many pixels (default: 0 for YuNet, 30 for Haar).")
+        int | None,
+        typer.Option(min=0, help="Drop faces smaller than this many pixels (default: 0 for YuNet, 30 for Haar)."),
     ] = None,
     align: Annotated[
-        bool, typer.Option("--align/--no-align", help="Rotate and scale faces onto the model's training framing using "
-                           "the landmarks (default), or cut the box.")
+        bool,
+        typer.Option(
+            "--align/--no-align",
+            help="Rotate and scale faces onto the model's training framing using "
+            "the landmarks (default), or cut the box.",
+        ),
     ] = True,
     face_margin: Annotated[
-        float | None, typer.Option(min=0.0, max=2.0, help="Grow each face's frame (--align) or box (--no-align) by this "
-                                   "fraction per side. Default: the model's training framing.")
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=2.0,
+            help="Grow each face's frame (--align) or box (--no-align) by this "
+            "fraction per side. Default: the model's training framing.",
+        ),
     ] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each face with its mirror image.")] = False,
     every: Annotated[int, typer.Option(min=1, help="Videos: classify every N-th frame.")] = 1,
     fps: Annotated[float | None, typer.Option(help="Videos: sample this many frames per second.")] = None,
     max_pixels: Annotated[
-        int | None, typer.Option(min=1, help="Refuse photos and video frames larger than this many pixels (default "
-                                 "50,000,000: a guard against decompression bombs).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Refuse photos and video frames larger than this many pixels (default "
+            "50,000,000: a guard against decompression bombs).",
+        ),
     ] = None,
     smooth: Annotated[
         float | None, typer.Option(help="Videos: average each tracked face's probabilities over the last SECONDS.")
     ] = None,
     summary: Annotated[
-        Path | None, typer.Option(help="Videos: write a JSON summary (faces seen, dominant emotion per track, share "
-                                  "of face rows per emotion) to this file.")
+        Path | None,
+        typer.Option(
+            help="Videos: write a JSON summary (faces seen, dominant emotion per track, share "
+            "of face rows per emotion) to this file."
+        ),
     ] = None,
     ray: Annotated[
-        str | None, typer.Option(
+        str | None,
+        typer.Option(
             "--ray",
             help="Run on Ray: 'local' (this machine) or a cluster address (HOST:6379, ray://HOST:10001, auto); "
             "needs --output DIR.",
-        )
+        ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option(
-            "--output", "-o",
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
             help="Write results to this file instead of stdout (without --format, a .csv, .json or .jsonl name sets "
             "the format; with --ray: a new folder of Parquet files).",
-        )
+        ),
     ] = None,
 ) -> None:
     """Detect faces in photos (or videos) and classify their expressions."""
-    chosen = {f for f, on in ((fmt.value if fmt else None, fmt is not None), ("json", json_out), ("csv", csv_out)) if on}
+    chosen = {
+        f for f, on in ((fmt.value if fmt else None, fmt is not None), ("json", json_out), ("csv", csv_out)) if on
+    }
     if len(chosen) > 1:
         _err(f"choose one output format; got {', '.join(sorted(chosen))} (--format, --json and --csv)")
         raise typer.Exit(2)
@@ -278,7 +313,11 @@ def predict(
         _err(f"none of the {outcome.total} input(s) could be processed (each error is in the output or above)")
         raise typer.Exit(outcome.error_code)
     if outcome.failed:
-        done = f"the other {outcome.total - outcome.failed} were processed" if outcome.total else "the others were processed"
+        done = (
+            f"the other {outcome.total - outcome.failed} were processed"
+            if outcome.total
+            else "the others were processed"
+        )
         _err(f"{outcome.failed} input(s) could not be processed (each error is in the output or above); {done}")
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
@@ -386,16 +425,27 @@ def _pairs(values: list[str], option: str, example: str) -> list[tuple[str, str]
 
 @models_app.command("ship")
 def models_ship(
-    into: Annotated[Path, typer.Option(help="The models folder to write: a checkout's fer_sdk/models (never "
-                                       "guessed, so an installed package is not rewritten by accident).")],
+    into: Annotated[
+        Path,
+        typer.Option(
+            help="The models folder to write: a checkout's fer_sdk/models (never "
+            "guessed, so an installed package is not rewritten by accident)."
+        ),
+    ],
     data: Annotated[Path | None, typer.Option(help="FER2013 CSV (.csv.gz) with Training and PublicTest.")] = None,
     run: Annotated[list[str] | None, typer.Option(help="ARCH=RUN_DIR, e.g. deep=runs/deep; repeat per model.")] = None,
-    ensemble: Annotated[list[str] | None, typer.Option(
-        help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. ensemble-int8=deep-int8:0.7,shallow-int8:0.3 "
-        "(built after the runs).")] = None,
+    ensemble: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=MEMBER:WEIGHT,MEMBER:WEIGHT over bundled models, e.g. "
+            "ensemble-int8=deep-int8:0.7,shallow-int8:0.3 (built after the runs)."
+        ),
+    ] = None,
     default: Annotated[str | None, typer.Option(help="The model Classifier() loads by default.")] = None,
-    requantize: Annotated[list[str] | None, typer.Option(
-        help="Quantize the bundled fp32 model ARCH (e.g. deep) to INT8 again and rebuild its ensembles.")] = None,
+    requantize: Annotated[
+        list[str] | None,
+        typer.Option(help="Quantize the bundled fp32 model ARCH (e.g. deep) to INT8 again and rebuild its ensembles."),
+    ] = None,
     table: Annotated[bool, typer.Option("--table", help="Print the README's models table of INTO and exit.")] = False,
 ) -> None:
     """Bundle trained runs (or re-quantize bundled models) into a models folder: ONNX, INT8, cards, manifest."""
@@ -413,8 +463,9 @@ def models_ship(
         for name, members in _pairs(ensemble or [], "--ensemble", "ensemble-int8=deep-int8:0.7,shallow-int8:0.3"):
             parts = members.split(",")
             if not all(":" in part and part.split(":", 1)[0] for part in parts):
-                raise InvalidInputError(f"--ensemble {name}={members!r}: members must be MEMBER:WEIGHT, e.g. "
-                                        "deep-int8:0.7,shallow-int8:0.3")
+                raise InvalidInputError(
+                    f"--ensemble {name}={members!r}: members must be MEMBER:WEIGHT, e.g. deep-int8:0.7,shallow-int8:0.3"
+                )
             if name in ensembles:
                 raise InvalidInputError(f"--ensemble {name!r} is given twice")
             ensembles[name] = [part.replace(":", "=", 1) for part in parts]
@@ -466,8 +517,7 @@ def models_average(
         from .export.config import invocation
         from .export.train import load_splits
 
-        average_run(run, chosen, out, load_splits(data), bn_faces=bn_faces, seed=seed, log=_info,
-                    command=invocation())
+        average_run(run, chosen, out, load_splits(data), bn_faces=bn_faces, seed=seed, log=_info, command=invocation())
 
 
 @models_app.command("recover")
@@ -497,8 +547,12 @@ def models_recover(
 # ------------------------------------------------------------------------------------------------ eval
 @app.command("eval")
 def eval_cmd(
-    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv, .csv.gz, Kaggle's .tar.gz / .zip) or image-folder release.")],
-    split: Annotated[str, typer.Option(help="Training, PublicTest or PrivateTest (aliases: train, test = PublicTest only, private).")] = "PublicTest",
+    data: Annotated[
+        Path, typer.Option(help="FER2013 Kaggle CSV (.csv, .csv.gz, Kaggle's .tar.gz / .zip) or image-folder release.")
+    ],
+    split: Annotated[
+        str, typer.Option(help="Training, PublicTest or PrivateTest (aliases: train, test = PublicTest only, private).")
+    ] = "PublicTest",
     model: ModelOpt = "",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     providers: ProvidersOpt = None,
@@ -510,8 +564,12 @@ def eval_cmd(
         from .evaluate import evaluate, render_report
 
         report = evaluate(
-            data, split=split, model=model or _default_model(), providers=_providers(providers),
-            batch_size=batch_size, flip_tta=tta,
+            data,
+            split=split,
+            model=model or _default_model(),
+            providers=_providers(providers),
+            batch_size=batch_size,
+            flip_tta=tta,
         )
         typer.echo(json.dumps(report, indent=2) if json_out else render_report(report))
 
@@ -520,18 +578,29 @@ def eval_cmd(
 @app.command()
 def train(
     arch: Annotated[Arch, typer.Option(help="Which CNN to train.")],
-    data: Annotated[Path, typer.Option(help="FER2013 Kaggle CSV (.csv, .csv.gz, Kaggle's .tar.gz / .zip) or image-folder release.")],
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoints every epoch, metrics.json at the end.")] = Path("runs/latest"),
-    epochs: Annotated[int | None, typer.Option(min=1, help="Default: 60 shallow, 120 deep; with --resume, the run's.")] = None,
+    data: Annotated[
+        Path, typer.Option(help="FER2013 Kaggle CSV (.csv, .csv.gz, Kaggle's .tar.gz / .zip) or image-folder release.")
+    ],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints every epoch, metrics.json at the end.")] = Path(
+        "runs/latest"
+    ),
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Default: 60 shallow, 120 deep; with --resume, the run's.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.01 sgd, 0.001 adamw).")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="SGD with Nesterov momentum, or AdamW.")] = Optimizer.sgd,
-    weight_decay: Annotated[float | None, typer.Option(help="Decoupled weight decay (default 5e-4 sgd, 0.05 adamw).")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Decoupled weight decay (default 5e-4 sgd, 0.05 adamw).")
+    ] = None,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear warm-up epochs before the cosine decay.")] = 3,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
     class_weighting: Annotated[ClassWeighting, typer.Option(help="Loss weights against class imbalance.")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
-    aug_level: Annotated[AugLevel, typer.Option(help="strong: geometry + contrast + erasing; light: flip + small geometry; flip: mirror only.")] = None,
+    aug_level: Annotated[
+        AugLevel,
+        typer.Option(help="strong: geometry + contrast + erasing; light: flip + small geometry; flip: mirror only."),
+    ] = None,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after each conv block.")] = 0.25,
     fc_dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after the hidden FC layers.")] = 0.5,
     init_from: Annotated[
@@ -554,7 +623,9 @@ def train(
     ] = False,
     teacher: Annotated[
         str | None,
-        typer.Option(help="Distil from this model (bundled name or .onnx): targets mix its flip-averaged probabilities."),
+        typer.Option(
+            help="Distil from this model (bundled name or .onnx): targets mix its flip-averaged probabilities."
+        ),
     ] = None,
     teacher_weight: Annotated[
         float | None, typer.Option(help="Share of the teacher's probabilities in each target, in (0, 1] (default 0.5).")
@@ -577,13 +648,26 @@ def train(
                 "--teacher-weight needs --teacher (the model to distil from); add e.g. --teacher ensemble-int8"
             )
         cfg = TrainConfig(  # validates the recipe before TensorFlow is imported
-            arch=arch.value, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr,
-            weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-            class_weighting=(class_weighting or ClassWeighting.sqrt).value, augment=augment,
-            augment_level=(aug_level or AugLevel.strong).value, dropout=dropout, fc_dropout=fc_dropout,
-            init_from=str(init_from) if init_from else None, seed=seed, time_budget_s=time_budget,
-            snapshots=snapshots, precision=(precision or Precision.float32).value,
-            teacher=teacher, teacher_weight=0.5 if teacher_weight is None else teacher_weight,
+            arch=arch.value,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer.value,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing,
+            class_weighting=(class_weighting or ClassWeighting.sqrt).value,
+            augment=augment,
+            augment_level=(aug_level or AugLevel.strong).value,
+            dropout=dropout,
+            fc_dropout=fc_dropout,
+            init_from=str(init_from) if init_from else None,
+            seed=seed,
+            time_budget_s=time_budget,
+            snapshots=snapshots,
+            precision=(precision or Precision.float32).value,
+            teacher=teacher,
+            teacher_weight=0.5 if teacher_weight is None else teacher_weight,
         )
         if teacher:
             from .export.distill import open_teacher
@@ -593,8 +677,7 @@ def train(
         from .export.train import load_splits
         from .export.train import train as run_training
 
-        run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume,
-                     log=_info)
+        run_training(cfg, load_splits(data, val_split=val_split, seed=seed), out, resume=resume, log=_info)
         typer.echo(str(out / "metrics.json"))
 
 
@@ -621,8 +704,14 @@ def export(
         from .export.pipeline import export_model
 
         for path in export_model(
-            source, out, data=data, int8=int8, calibration=calibration,
-            calibration_size=calibration_size, opset=opset, log=_info,
+            source,
+            out,
+            data=data,
+            int8=int8,
+            calibration=calibration,
+            calibration_size=calibration_size,
+            opset=opset,
+            log=_info,
         ):
             typer.echo(str(path))
 
@@ -632,9 +721,7 @@ def export(
 def bench(
     out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown report and plots.")] = Path("reports/bench"),
     quick: Annotated[bool, typer.Option("--quick", help="Smoke run in under a minute.")] = False,
-    data: Annotated[
-        Path | None, typer.Option(help="FER2013 CSV / folder for the accuracy part (PublicTest).")
-    ] = None,
+    data: Annotated[Path | None, typer.Option(help="FER2013 CSV / folder for the accuracy part (PublicTest).")] = None,
     models_: Annotated[
         str | None, typer.Option("--models", help="Comma-separated bundled names (default: all).")
     ] = None,
@@ -647,9 +734,12 @@ def bench(
         from .benchmarks.run import run_benchmarks
 
         paths = run_benchmarks(
-            out, quick=quick, data=data,
+            out,
+            quick=quick,
+            data=data,
             models=[m.strip() for m in models_.split(",")] if models_ else None,
-            with_keras=keras, log=_info,
+            with_keras=keras,
+            log=_info,
         )
         for p in paths:
             typer.echo(str(p))
@@ -664,7 +754,7 @@ def _require_train_extra() -> None:
             import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise DependencyError(
-            f"training and export need the train extra ({exc.name} is missing): pip install \"fer-sdk[cpu,train]\""
+            f'training and export need the train extra ({exc.name} is missing): pip install "fer-sdk[cpu,train]"'
         ) from None
     from .runtime import import_onnxruntime
 

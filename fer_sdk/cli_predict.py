@@ -90,14 +90,28 @@ def run_predict(
             raise InvalidInputError("--save-crops does not work with --ray (results go to Parquet); drop one of them")
         from .ray_batch import run_ray_predict
 
-        run = run_ray_predict(paths, address=ray, model=model, batch_size=batch_size, output=output, fmt=fmt,
-                              providers=providers, detector=detector, min_score=min_score, min_face=min_face,
-                              align=align, face_margin=face_margin, flip_tta=flip_tta)
+        run = run_ray_predict(
+            paths,
+            address=ray,
+            model=model,
+            batch_size=batch_size,
+            output=output,
+            fmt=fmt,
+            providers=providers,
+            detector=detector,
+            min_score=min_score,
+            min_face=min_face,
+            align=align,
+            face_margin=face_margin,
+            flip_tta=flip_tta,
+        )
         for message in run.errors[:ERRORS_SHOWN]:
             print(f"fer-sdk: error: {message}", file=sys.stderr)
         more = f" (first {ERRORS_SHOWN} shown above)" if len(run.errors) > ERRORS_SHOWN else ""
-        line = (f"ray: {run.images} image(s), {run.faces} face(s), {len(run.errors)} error(s){more} -> {run.target} "
-                f"({run.seconds:.1f} s, {run.actors} actors)")
+        line = (
+            f"ray: {run.images} image(s), {run.faces} face(s), {len(run.errors)} error(s){more} -> {run.target} "
+            f"({run.seconds:.1f} s, {run.actors} actors)"
+        )
         return RunOutcome(None, len(run.errors), summary=line)
     from .video import Smoother, VideoSummary, frame_step, video_rows
 
@@ -125,9 +139,18 @@ def run_predict(
         raise InvalidInputError("--save-crops saves the faces of photos; these inputs are videos: drop it")
     if (smooth is not None or summary is not None) and photos and not videos:
         raise InvalidInputError("--smooth and --summary apply to videos; these inputs are photos: drop them")
-    clf = Classifier(model, providers=providers, batch_size=batch_size, detector=detector, min_score=min_score,
-                     min_face=min_face, align=align, face_margin=face_margin, flip_tta=flip_tta,
-                     max_pixels=max_pixels)
+    clf = Classifier(
+        model,
+        providers=providers,
+        batch_size=batch_size,
+        detector=detector,
+        min_score=min_score,
+        min_face=min_face,
+        align=align,
+        face_margin=face_margin,
+        flip_tta=flip_tta,
+        max_pixels=max_pixels,
+    )
     roots = [Path(p) for p in paths if str(p) != STDIN and is_dir(Path(p))]
     # annotated copies never take an input's name, nor the results' or the summary's
     taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
@@ -149,15 +172,21 @@ def run_predict(
             sink = sys.stdout
         width = max((len(str(p)) for p in [*inputs, *(r.source for r in results)]), default=6)
         writer = row_writer(sink, fmt, source_width=width, video=bool(videos))
-        bar = stack.enter_context(progress_bar(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            enabled=len(photos) > 1 or bool(videos),
-        ))
+        bar = stack.enter_context(
+            progress_bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                enabled=len(photos) > 1 or bool(videos),
+            )
+        )
         for missing in results:
             writer.write(empty_row(missing.source, error=missing.error, **named))
         task = bar.add_task("photos", total=len(photos)) if photos else None
-        for result in predict_photos(clf, photos, keep_images=annotate is not None or save_crops is not None,
-                                     progress=lambda: bar.advance(task)):
+        for result in predict_photos(
+            clf, photos, keep_images=annotate is not None or save_crops is not None, progress=lambda: bar.advance(task)
+        ):
             if save_crops is not None and result.error is None:
                 write_crops(result, clf, save_crops, taken, roots)
             if annotate is not None and result.error is None:
@@ -171,8 +200,17 @@ def run_predict(
         for path in videos:
             totals = VideoSummary(str(path))
             try:
-                for row in video_rows(clf, path, every=every, fps=fps, annotate=annotate, taken=taken,
-                                      smooth=smooth, summary=totals, progress=bar):
+                for row in video_rows(
+                    clf,
+                    path,
+                    every=every,
+                    fps=fps,
+                    annotate=annotate,
+                    taken=taken,
+                    smooth=smooth,
+                    summary=totals,
+                    progress=bar,
+                ):
                     writer.write(row)
                 summaries.append(totals.to_dict())
                 faces += totals.rows
@@ -189,8 +227,10 @@ def run_predict(
     counted = [f"{len(photos)} photo(s)"] if photos or not videos else []
     counted += [f"{len(videos)} video(s)"] if videos else []
     face_word = "face(s)" if not videos else "face row(s)"
-    line = (f"{clf.model_name} ({clf.metadata.get('precision', '?')}, {clf.providers[0]}), detector {detector_name}: "
-            f"{', '.join(counted)}, {faces} {face_word} in {time.perf_counter() - started:.2f} s")
+    line = (
+        f"{clf.model_name} ({clf.metadata.get('precision', '?')}, {clf.providers[0]}), detector {detector_name}: "
+        f"{', '.join(counted)}, {faces} {face_word} in {time.perf_counter() - started:.2f} s"
+    )
     return dataclasses.replace(outcome, summary=line)
 
 
@@ -200,6 +240,8 @@ def _annotate(result, folder: Path, taken: set[Path], roots) -> None:
     except OSError as exc:  # a name too long for this file system is this photo's problem only;
         if exc.errno != errno.ENAMETOOLONG:  # a full disk or a permission is the run's: it stops
             raise
-        result.error = (f"{result.source}: the annotated copy's name is too long for the file system "
-                        f"({exc.strerror}); rename the photo")
+        result.error = (
+            f"{result.source}: the annotated copy's name is too long for the file system "
+            f"({exc.strerror}); rename the photo"
+        )
         result.error_code = FerSdkError.exit_code

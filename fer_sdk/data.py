@@ -203,15 +203,19 @@ def _check_tar_headers(path: Path, magic: bytes) -> None:
             skip = (size + 511) // 512 * 512
             seen += 512 + skip
             if seen > MAX_CSV_BYTES:
-                raise DatasetError(f"{path}: the tar archive unpacks to more than {MAX_CSV_BYTES:,} bytes. "
-                                   "Fix: extract fer2013.csv and pass that.")
+                raise DatasetError(
+                    f"{path}: the tar archive unpacks to more than {MAX_CSV_BYTES:,} bytes. "
+                    "Fix: extract fer2013.csv and pass that."
+                )
             while skip:
                 chunk = fh.read(min(skip, 1 << 20))
                 if not chunk:
                     return
                 skip -= len(chunk)
-    raise DatasetError(f"{path}: a tar archive with more than {MAX_TAR_MEMBERS:,} members; expected fer2013.csv. "
-                       "Fix: extract fer2013.csv and pass that.")
+    raise DatasetError(
+        f"{path}: a tar archive with more than {MAX_TAR_MEMBERS:,} members; expected fer2013.csv. "
+        "Fix: extract fer2013.csv and pass that."
+    )
 
 
 def _archive_csv(path: Path, names: list[str]) -> str:
@@ -230,8 +234,7 @@ def _archive_csv(path: Path, names: list[str]) -> str:
     else:
         fix = "extract it and pass the path of fer2013.csv"
     raise DatasetError(
-        f"{path}: an archive holding {shown}; expected fer2013.csv, icml_face_data.csv or a single .csv. "
-        f"Fix: {fix}."
+        f"{path}: an archive holding {shown}; expected fer2013.csv, icml_face_data.csv or a single .csv. Fix: {fix}."
     )
 
 
@@ -298,15 +301,11 @@ def _parse_csv(fh, path: Path, wanted):
             continue
         fields = line.split(b",")
         if len(fields) != 3:
-            _bad_row(
-                path, lineno, f"found {len(fields)} comma-separated fields, expected 3 ({EXPECTED_HEADER})"
-            )
+            _bad_row(path, lineno, f"found {len(fields)} comma-separated fields, expected 3 ({EXPECTED_HEADER})")
         fields = [f.strip().strip(b'"') for f in fields]
         label = _LABELS.get(fields[i_label].strip())
         if label is None:
-            _bad_row(
-                path, lineno, f"emotion {_show(fields[i_label])} is not an integer 0-{len(EMOTIONS) - 1}"
-            )
+            _bad_row(path, lineno, f"emotion {_show(fields[i_label])} is not an integer 0-{len(EMOTIONS) - 1}")
         usage = usages.get(fields[i_usage].strip())
         if usage is None:
             _bad_row(path, lineno, f"Usage {_show(fields[i_usage])} is not one of {', '.join(SPLITS)}")
@@ -392,7 +391,7 @@ def _read_folder(root: Path, wanted):
                 number = match.group(2)
                 key = (0, int(number)) if number is not None else (1, 0)
                 found.append((split, *key, file.name, file, EMOTIONS.index(emotion)))
-    found.sort(key=lambda t: t[:4] + (str(t[4]),))
+    found.sort(key=lambda t: (*t[:4], str(t[4])))
     present = {SPLITS[t[0]] for t in found}
     out = {}
     for index, split in enumerate(SPLITS):
@@ -415,5 +414,7 @@ def _read_face(file: Path) -> np.ndarray:
         image = to_gray(decode_image(data, source=str(file), max_pixels=MAX_FACE_PIXELS))
     except InvalidImageError as exc:
         reason = str(exc).split(" Fix:")[0].removeprefix(f"{file}: ")
-        raise DatasetError(f"{file}: cannot be decoded as an image ({reason}). Fix: re-download it or remove it.") from None
+        raise DatasetError(
+            f"{file}: cannot be decoded as an image ({reason}). Fix: re-download it or remove it."
+        ) from None
     return resize_image(image, *INPUT_SIZE)

@@ -31,9 +31,7 @@ DETECTOR_NAMES = ("yunet", "haar")
 #: Folder of the bundled face detector files, their manifest (sha256), license and provenance.
 DETECTORS_DIR: Path = Path(__file__).resolve().parent / "models" / "detectors"
 
-_OPENCV_FIX = (
-    'Fix: pip install "opencv-python-headless>=4.9,<5" (OpenCV 5 wheels no longer ship the Haar cascades).'
-)
+_OPENCV_FIX = 'Fix: pip install "opencv-python-headless>=4.9,<5" (OpenCV 5 wheels no longer ship the Haar cascades).'
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
@@ -92,24 +90,15 @@ class HaarDetector(_ThreadLocalDetector):
             raise InvalidInputError(
                 f"HaarDetector: scale_factor must be a number > 1 (e.g. 1.1), got {scale_factor!r}."
             )
-        if (
-            isinstance(min_neighbors, bool)
-            or not isinstance(min_neighbors, (int, np.integer))
-            or min_neighbors < 0
-        ):
-            raise InvalidInputError(
-                f"HaarDetector: min_neighbors must be an int >= 0, got {min_neighbors!r}."
-            )
+        if isinstance(min_neighbors, bool) or not isinstance(min_neighbors, (int, np.integer)) or min_neighbors < 0:
+            raise InvalidInputError(f"HaarDetector: min_neighbors must be an int >= 0, got {min_neighbors!r}.")
         if not _is_size(min_size):
-            raise InvalidInputError(
-                f"HaarDetector: min_size must be (width, height) positive ints, got {min_size!r}."
-            )
+            raise InvalidInputError(f"HaarDetector: min_size must be (width, height) positive ints, got {min_size!r}.")
         if max_side is not None and (
             isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 64
         ):
             raise InvalidInputError(
-                f"HaarDetector: max_side must be an int >= 64 (e.g. 960) or None for full resolution, "
-                f"got {max_side!r}."
+                f"HaarDetector: max_side must be an int >= 64 (e.g. 960) or None for full resolution, got {max_side!r}."
             )
         super().__init__()
         self.max_side = None if max_side is None else int(max_side)
@@ -127,9 +116,7 @@ class HaarDetector(_ThreadLocalDetector):
                 f"OpenCV could not parse the Haar cascade {self.cascade_path}. {_OPENCV_FIX}"
             ) from exc
         if classifier.empty():
-            raise DependencyError(
-                f"OpenCV could not load the Haar cascade {self.cascade_path}. {_OPENCV_FIX}"
-            )
+            raise DependencyError(f"OpenCV could not load the Haar cascade {self.cascade_path}. {_OPENCV_FIX}")
         return classifier
 
     def detect(self, image: np.ndarray) -> list[Box]:
@@ -281,9 +268,7 @@ def _haar_cascade_path() -> str:
     data = getattr(cv2, "data", None)
     folder = getattr(data, "haarcascades", None)
     if not folder or not hasattr(cv2, "CascadeClassifier"):
-        raise DependencyError(
-            f"this OpenCV ({cv2.__version__}) ships no Haar cascades (cv2.data). {_OPENCV_FIX}"
-        )
+        raise DependencyError(f"this OpenCV ({cv2.__version__}) ships no Haar cascades (cv2.data). {_OPENCV_FIX}")
     path = os.path.join(folder, HAAR_CASCADE)
     if not os.path.isfile(path):
         raise DependencyError(f"the Haar cascade {path} is missing from this OpenCV install. {_OPENCV_FIX}")

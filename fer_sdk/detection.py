@@ -45,18 +45,14 @@ def normalize_boxes(boxes, image_shape, *, source: str = "face detector") -> lis
         if boxes.size == 0:
             return []
         if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise InvalidInputError(
-                f"{source} returned an array of shape {boxes.shape}; expected (N, 4) boxes."
-            )
+            raise InvalidInputError(f"{source} returned an array of shape {boxes.shape}; expected (N, 4) boxes.")
         boxes = boxes.tolist()
     height, width = image_shape[:2]
     out = []
     try:
         items = list(boxes)
     except TypeError:
-        raise InvalidInputError(
-            f"{source} returned {boxes!r}; expected a list of (x, y, w, h) boxes."
-        ) from None
+        raise InvalidInputError(f"{source} returned {boxes!r}; expected a list of (x, y, w, h) boxes.") from None
     for box in items:
         try:
             values = [float(v) for v in box]
@@ -64,8 +60,7 @@ def normalize_boxes(boxes, image_shape, *, source: str = "face detector") -> lis
             values = []
         if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[2] <= 0 or values[3] <= 0:
             raise InvalidInputError(
-                f"{source} returned the box {box!r}; each box must be (x, y, w, h) finite numbers "
-                "with w, h > 0."
+                f"{source} returned the box {box!r}; each box must be (x, y, w, h) finite numbers with w, h > 0."
             )
         x, y, w, h = values
         x0, y0 = max(0, round(x)), max(0, round(y))

@@ -69,10 +69,12 @@ def render_report(report: dict) -> str:
     ]
     for name in labels:
         c = report["per_class"][name]
-        lines.append(
-            f"{name:<10}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{c['support']:>10d}"
-        )
-    lines += ["", "confusion matrix (rows: true, columns: predicted)", " " * 10 + "".join(f"{n[:7]:>8}" for n in labels)]
+        lines.append(f"{name:<10}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{c['support']:>10d}")
+    lines += [
+        "",
+        "confusion matrix (rows: true, columns: predicted)",
+        " " * 10 + "".join(f"{n[:7]:>8}" for n in labels),
+    ]
     for name, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"{name:<10}" + "".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)

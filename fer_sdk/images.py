@@ -44,10 +44,11 @@ _PNM_HEADER = re.compile(rb"P[1-6](?:\s|#[^\r\n]*[\r\n])+(\d+)(?:\s|#[^\r\n]*[\r
 def load_image(src, *, max_pixels: int | None = None) -> np.ndarray:
     """Load ``src`` as uint8 BGR ``(H, W, 3)`` (color sources) or gray ``(H, W)`` (grayscale sources).
 
-    ``src`` is a path (``str`` or ``os.PathLike``), encoded image bytes (``bytes``, ``bytearray``,
-    ``memoryview``), a PIL image (converted from RGB) or a numpy array (BGR, as OpenCV gives). Arrays are validated and converted: uint8 2-D gray and 3-D BGR pass
-    through, ``(H, W, 1)`` becomes 2-D, BGRA drops its alpha, uint16 is scaled to 8 bits (/257, rounded),
-    floats must lie in [0, 1] (scaled by 255, rounded), other integer dtypes must hold values in 0..255.
+    ``src`` is a path (``str`` or ``os.PathLike``), encoded image bytes (``bytes``, ``bytearray``, ``memoryview``),
+    a PIL image (converted from RGB) or a numpy array (BGR, as OpenCV gives). Arrays are validated and converted:
+    uint8 2-D gray and 3-D BGR pass through, ``(H, W, 1)`` becomes 2-D, BGRA drops its alpha, uint16 is scaled to 8
+    bits (/257, rounded), floats must lie in [0, 1] (scaled by 255, rounded), other integer dtypes must hold values
+    in 0..255.
 
     Files and bytes larger than ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``) are refused. Every
     failure raises ``InvalidImageError`` (bad file or bytes) or ``InvalidInputError`` (bad argument).
@@ -91,8 +92,7 @@ def decode_image(data: bytes, *, source: str = "image bytes", max_pixels: int | 
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:  # OpenCV raises for some corrupt inputs and returns None for others
         raise InvalidImageError(
-            f"{source}: cannot be decoded as an image ({_first_line(exc)}). "
-            f"Fix: pass a valid {_FORMATS_HINT} file."
+            f"{source}: cannot be decoded as an image ({_first_line(exc)}). Fix: pass a valid {_FORMATS_HINT} file."
         ) from exc
     if image is None or image.size == 0:
         raise InvalidImageError(
@@ -153,17 +153,16 @@ def as_image(array: np.ndarray, *, what: str = "array", decoded: bool = False) -
             "gray, (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA."
         )
     if array.size == 0:
-        raise InvalidInputError(
-            f"{what}: got an empty image of shape {shape}; width and height must be >= 1."
-        )
+        raise InvalidInputError(f"{what}: got an empty image of shape {shape}; width and height must be >= 1.")
     array = pixel_values(array, what=what, decoded=decoded)
     if array.ndim == 3 and array.shape[2] == 4:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
     return array
 
 
-def pixel_values(array: np.ndarray, *, what: str = "array", keep_float: bool = False,
-                 decoded: bool = False) -> np.ndarray:
+def pixel_values(
+    array: np.ndarray, *, what: str = "array", keep_float: bool = False, decoded: bool = False
+) -> np.ndarray:
     """Check an array's dtype and values; return uint8 pixels (or float32 pixels when ``keep_float``).
 
     uint8 passes through; uint16 is scaled by 1/257 (16-bit -> 8-bit, rounded); other integer dtypes

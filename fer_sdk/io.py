@@ -28,8 +28,13 @@ from typing import BinaryIO
 from .errors import FerSdkError, InvalidInputError
 
 FILE_MODE = 0o644
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _kind(mode: int) -> str:
@@ -62,8 +67,9 @@ def open_regular(path: str | os.PathLike, *, error: type[FerSdkError], what: str
         raise
 
 
-def read_regular_file(path: str | os.PathLike, *, max_bytes: int, error: type[FerSdkError],
-                      what: str = "file") -> bytes:
+def read_regular_file(
+    path: str | os.PathLike, *, max_bytes: int, error: type[FerSdkError], what: str = "file"
+) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (refused, by ``error``, as soon as it reads more)."""
     with open_regular(path, error=error, what=what) as fh:
         try:
@@ -71,9 +77,7 @@ def read_regular_file(path: str | os.PathLike, *, max_bytes: int, error: type[Fe
         except OSError as exc:
             raise error(f"{path}: cannot be read ({exc}). Fix: check the file.") from None
     if len(data) > max_bytes:
-        raise error(
-            f"{path}: is larger than {max_bytes:,} bytes, the most a {what} may be. Fix: pass a smaller file."
-        )
+        raise error(f"{path}: is larger than {max_bytes:,} bytes, the most a {what} may be. Fix: pass a smaller file.")
     return data
 
 
@@ -174,5 +178,6 @@ def _check_creatable(folder: Path, option: str) -> None:
     if not ancestor.is_dir():
         raise InvalidInputError(f"{option} {folder}: {ancestor} is a file, not a folder; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"{option} {folder}: {ancestor} is not writable; check its permissions "
-                                "or choose another path")
+        raise InvalidInputError(
+            f"{option} {folder}: {ancestor} is not writable; check its permissions or choose another path"
+        )

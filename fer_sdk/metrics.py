@@ -86,7 +86,8 @@ def calibration_report(y_true, proba, bins: int = ECE_BINS) -> dict:
             continue
         acc, conf = float(correct[mask].mean()), float(confidence[mask].mean())
         ece += n / len(y) * abs(acc - conf)
-        reliability.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n, "accuracy": acc,
-                            "confidence": conf})
+        reliability.append(
+            {"low": float(edges[b]), "high": float(edges[b + 1]), "n": n, "accuracy": acc, "confidence": conf}
+        )
     true_p = np.clip(p[np.arange(len(y)), np.clip(y, 0, p.shape[1] - 1)], 1e-12, 1.0)
     return {"bins": bins, "ece": float(ece), "nll": float(-np.log(true_p).mean()), "reliability": reliability}

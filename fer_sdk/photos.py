@@ -23,8 +23,21 @@ from .io import atomic_path
 from .rows import empty_row, face_row
 
 #: What folder walks pick up: the extensions of the formats ``images.decode_image`` accepts.
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pbm", ".pgm",
-                    ".ppm", ".pnm"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".pbm",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 PHOTOS_PER_CHUNK = 32
 #: The input name that reads one photo from standard input.
@@ -53,8 +66,9 @@ class PhotoResult:
 def photo_rows(result: PhotoResult, *, model: str | None = None, model_version: str | None = None) -> Iterator[dict]:
     """``result`` as ``fer_sdk.rows`` rows: one per face; a photo with no face or an error gets one row."""
     if result.error is not None or not result.faces:
-        yield empty_row(result.source, model=model, model_version=model_version, error=result.error,
-                        annotated=result.annotated)
+        yield empty_row(
+            result.source, model=model, model_version=model_version, error=result.error, annotated=result.annotated
+        )
         return
     for i, face in enumerate(result.faces):
         yield face_row(result.source, i, face, model=model, model_version=model_version, annotated=result.annotated)
@@ -77,8 +91,13 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
         try:
             is_dir, exists = path.is_dir(), os.path.lexists(path)
         except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte...
-            missing.append(PhotoResult(str(path), error=f"{path}: cannot be used ({exc}); check the path",
-                                       error_code=InvalidInputError.exit_code))
+            missing.append(
+                PhotoResult(
+                    str(path),
+                    error=f"{path}: cannot be used ({exc}); check the path",
+                    error_code=InvalidInputError.exit_code,
+                )
+            )
             continue
         if is_dir:
             files = visible_files(path)
@@ -87,8 +106,13 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
         elif exists:  # regular or not: the readers refuse FIFOs and devices with the input's own error
             (videos if path.suffix.lower() in VIDEO_EXTENSIONS else photos).append(path)
         else:
-            missing.append(PhotoResult(str(path), error=f"{path}: no such file or folder; check the path",
-                                       error_code=InvalidInputError.exit_code))
+            missing.append(
+                PhotoResult(
+                    str(path),
+                    error=f"{path}: no such file or folder; check the path",
+                    error_code=InvalidInputError.exit_code,
+                )
+            )
     return photos, videos, missing
 
 
@@ -129,7 +153,9 @@ def _read_photo(path: Path, max_pixels: int | None):
     return decode_image(data, source="<stdin>", max_pixels=max_pixels)
 
 
-def predict_photos(classifier, photos: list[Path], *, keep_images: bool = False, progress=None) -> Iterator[PhotoResult]:
+def predict_photos(
+    classifier, photos: list[Path], *, keep_images: bool = False, progress=None
+) -> Iterator[PhotoResult]:
     """Analyze photos in chunks (faces of a chunk share inference batches); bad files become error results."""
 
     for start in range(0, len(photos), PHOTOS_PER_CHUNK):
@@ -211,8 +237,9 @@ def relative_name(source: str, roots: Iterable[Path] = ()) -> Path:
     return Path(path.name)
 
 
-def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None = None,
-                    roots: Iterable[Path] = ()) -> Path:
+def write_annotated(
+    result: PhotoResult, folder: Path, taken: set[Path] | None = None, roots: Iterable[Path] = ()
+) -> Path:
     """Write ``result``'s photo with its boxes and labels into ``folder``; return the path written.
 
     ``taken`` is the run's set of reserved paths (inputs and earlier outputs). Without one, the photo's
@@ -234,7 +261,9 @@ def write_annotated(result: PhotoResult, folder: Path, taken: set[Path] | None =
     return target
 
 
-def write_crops(result: PhotoResult, classifier, folder: Path, taken: set[Path], roots: Iterable[Path] = ()) -> list[Path]:
+def write_crops(
+    result: PhotoResult, classifier, folder: Path, taken: set[Path], roots: Iterable[Path] = ()
+) -> list[Path]:
     """Save each face of ``result`` as the classifier cut it (``NAME.face0.png``, ...) under ``folder``."""
     import cv2
 

@@ -107,8 +107,7 @@ class Preprocessing:
         for key, expected in _FIXED.items():
             if key in spec and spec[key] != expected:
                 raise ModelError(
-                    f"model metadata: input.{key} is {spec[key]!r}; "
-                    f"this SDK supports only {expected!r}. {fix}"
+                    f"model metadata: input.{key} is {spec[key]!r}; this SDK supports only {expected!r}. {fix}"
                 )
         return cls(**values)
 
@@ -137,9 +136,7 @@ def prepare_faces(faces, prep: Preprocessing | None = None, *, first_index: int 
     stacks = [_resize_stack(_gray_stack(item, what), prep) for item, what in _items(faces, first_index)]
     if not stacks:
         return np.empty((0, prep.height, prep.width, 1), np.float32)
-    batch = (
-        np.concatenate([s.astype(np.float32, copy=False) for s in stacks]) if len(stacks) > 1 else stacks[0]
-    )
+    batch = np.concatenate([s.astype(np.float32, copy=False) for s in stacks]) if len(stacks) > 1 else stacks[0]
     batch = batch.astype(np.float32) * np.float32(prep.scale) + np.float32(prep.offset)
     return np.ascontiguousarray(batch[..., np.newaxis], dtype=np.float32)
 
@@ -193,9 +190,7 @@ def crop_face(image: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         raise InvalidInputError(f"crop_face: box {box!r} needs finite values and w, h > 0.")
     if isinstance(margin, bool) or not isinstance(margin, Real) or not math.isfinite(margin) or margin < 0:
-        raise InvalidInputError(
-            f"crop_face: margin {margin!r} must be a finite number >= 0 (0.2 adds 20% per side)."
-        )
+        raise InvalidInputError(f"crop_face: margin {margin!r} must be a finite number >= 0 (0.2 adds 20% per side).")
     x0, x1 = _round(x - margin * w), _round(x + w + margin * w)
     y0, y1 = _round(y - margin * h), _round(y + h + margin * h)
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)

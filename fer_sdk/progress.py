@@ -61,8 +61,16 @@ def counter(description: str, total: int | None, *, enabled: bool = True):
         TimeRemainingColumn,
     )
 
-    with bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), enabled=enabled) as progress:
+    with bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        enabled=enabled,
+    ) as progress:
         task = progress.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str | None = None) -> None:

@@ -137,16 +137,12 @@ class FerPredictor:
             with filesystem.open_input_stream(inner) as fh:
                 data = fh.read()
         except (OSError, ValueError) as exc:  # missing object, no credentials, unknown scheme
-            raise InvalidImageError(
-                f"{path}: cannot be read ({exc}). Fix: check the URI and its access."
-            ) from None
+            raise InvalidImageError(f"{path}: cannot be read ({exc}). Fix: check the URI and its access.") from None
         return decode_image(data, source=path, max_pixels=limit)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         if "bytes" not in batch and "path" not in batch:
-            raise InvalidInputError(
-                f"FerPredictor needs a 'bytes' or 'path' column; the batch has {sorted(batch)}"
-            )
+            raise InvalidInputError(f"FerPredictor needs a 'bytes' or 'path' column; the batch has {sorted(batch)}")
         n = len(next(iter(batch.values())))
         paths = [str(p) if p is not None else "" for p in batch.get("path", [""] * n)]
         datas = batch.get("bytes", [None] * n)
@@ -238,7 +234,7 @@ def _to_path_bytes(table):
 
 def _folder_kind(folder: Path, image_extensions) -> str | None:
     """ "parquet" or "folders" (images), decided by the first such file found; None when there is neither."""
-    for root, _, files in os.walk(folder):
+    for _root, _, files in os.walk(folder):
         for name in files:
             suffix = os.path.splitext(name)[1].lower()
             if suffix == ".parquet":
@@ -276,11 +272,12 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
     """A ``ray.data.Dataset`` with ``path`` (string) and ``bytes`` (binary) columns from image folders,
     image files and Parquet.
 
-    Folders are searched recursively for image extensions (case-insensitive, videos are skipped); a folder
-    whose first recognised file is ``.parquet`` is read as a Parquet dataset instead (e.g. Spark's output). Parquet needs a ``path`` column (a string naming each row: a file path or
-    URI, or any id when ``bytes`` is present) and optionally a ``bytes`` column with the encoded image; rows
-    without bytes are read from ``path`` by the actors. Paths that do not exist become rows that
-    ``FerPredictor`` reports as errors. Paths must be visible to every Ray worker (shared storage or URIs).
+    Folders are searched recursively for image extensions (case-insensitive, videos are skipped); a folder whose
+    first recognised file is ``.parquet`` is read as a Parquet dataset instead (e.g. Spark's output). Parquet needs
+    a ``path`` column (a string naming each row: a file path or URI, or any id when ``bytes`` is present) and
+    optionally a ``bytes`` column with the encoded image; rows without bytes are read from ``path`` by the actors.
+    Paths that do not exist become rows that ``FerPredictor`` reports as errors. Paths must be visible to every Ray
+    worker (shared storage or URIs).
     """
     ray = import_ray()
     import pyarrow as pa
@@ -437,8 +434,11 @@ def run_ray_predict(
         if concurrency is None:
             concurrency = max(1, cpus)
         elif (concurrency if isinstance(concurrency, int) else concurrency[0]) > cpus:
-            logger.warning("%s actors need more CPUs than the cluster's %d; the job waits until an autoscaler "
-                           "adds nodes", concurrency, cpus)
+            logger.warning(
+                "%s actors need more CPUs than the cluster's %d; the job waits until an autoscaler adds nodes",
+                concurrency,
+                cpus,
+            )
         ds = predict_dataset(
             read_images(paths), model=model, batch_size=batch_size, concurrency=concurrency, **predictor_kw
         )
@@ -459,5 +459,6 @@ def run_ray_predict(
             shutil.rmtree(tmp, ignore_errors=True)
         if started:
             ray.shutdown()
-    return RayRun(images=rows, faces=faces, errors=errors, target=target,
-                  seconds=time.perf_counter() - t0, actors=concurrency)
+    return RayRun(
+        images=rows, faces=faces, errors=errors, target=target, seconds=time.perf_counter() - t0, actors=concurrency
+    )

@@ -104,9 +104,7 @@ def _read_manifest() -> dict[str, Any] | None:
 
 def _spec(name: str, entry: Any) -> ModelSpec:
     if not isinstance(entry, dict):
-        raise ModelError(
-            f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is not an object; {REINSTALL}"
-        )
+        raise ModelError(f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is not an object; {REINSTALL}")
     try:
         return ModelSpec(
             name=name,

@@ -24,8 +24,25 @@ from .errors import InvalidInputError
 #: The output formats of ``fer-sdk predict --format``.
 FORMATS = ("table", "json", "jsonl", "csv")
 #: Columns of every result row, in order.
-ROW_FIELDS = ("source", "frame", "time_s", "face", "track", "x", "y", "w", "h", "emotion", "score", *EMOTIONS,
-              *DETECTION_COLUMNS, "model", "model_version", "annotated", "error")
+ROW_FIELDS = (
+    "source",
+    "frame",
+    "time_s",
+    "face",
+    "track",
+    "x",
+    "y",
+    "w",
+    "h",
+    "emotion",
+    "score",
+    *EMOTIONS,
+    *DETECTION_COLUMNS,
+    "model",
+    "model_version",
+    "annotated",
+    "error",
+)
 #: Decimal places of probabilities and scores in every format.
 PROB_DIGITS = 6
 
@@ -39,25 +56,51 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def empty_row(source: str, *, model: str | None = None, model_version: str | None = None,
-              error: str | None = None, annotated: str | None = None) -> dict[str, Any]:
+def empty_row(
+    source: str,
+    *,
+    model: str | None = None,
+    model_version: str | None = None,
+    error: str | None = None,
+    annotated: str | None = None,
+) -> dict[str, Any]:
     """The row of an input without faces (``error=None``) or one that failed."""
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
     row.update(source=source, model=model, model_version=model_version, annotated=annotated, error=error)
     return row
 
 
-def face_row(source: str, index: int, face, *, model: str | None = None, model_version: str | None = None,
-             probabilities=None, frame: int | None = None, time_s: float | None = None, track: int | None = None,
-             annotated: str | None = None) -> dict[str, Any]:
+def face_row(
+    source: str,
+    index: int,
+    face,
+    *,
+    model: str | None = None,
+    model_version: str | None = None,
+    probabilities=None,
+    frame: int | None = None,
+    time_s: float | None = None,
+    track: int | None = None,
+    annotated: str | None = None,
+) -> dict[str, Any]:
     """The row of face ``index`` of ``source`` (a ``Face``). ``probabilities``: seven values in ``EMOTIONS``
     order that replace the face's own (a video's smoothed ones); the row's emotion and score follow them."""
     probs = [float(face.emotions[e]) for e in EMOTIONS] if probabilities is None else [float(p) for p in probabilities]
     top = max(range(len(EMOTIONS)), key=probs.__getitem__)
     row = empty_row(source, model=model, model_version=model_version, annotated=annotated)
     x, y, w, h = (int(v) for v in face.box)
-    row.update(frame=frame, time_s=time_s, face=index, track=track, x=x, y=y, w=w, h=h, emotion=EMOTIONS[top],
-               score=round(probs[top], PROB_DIGITS))
+    row.update(
+        frame=frame,
+        time_s=time_s,
+        face=index,
+        track=track,
+        x=x,
+        y=y,
+        w=w,
+        h=h,
+        emotion=EMOTIONS[top],
+        score=round(probs[top], PROB_DIGITS),
+    )
     row.update({e: round(p, PROB_DIGITS) for e, p in zip(EMOTIONS, probs)})
     row.update(zip(DETECTION_COLUMNS, face.detection_values()))
     return row
@@ -141,8 +184,13 @@ class _TableWriter:
         else:
             second = sorted(EMOTIONS, key=lambda e: -row[e])[1]
             box = f"({row['x']}, {row['y']}, {row['w']}, {row['h']})"
-            cells += [str(row["face"]).rjust(4), box.ljust(22), row["emotion"].ljust(9), f"{row['score']:.2f}".rjust(5),
-                      f"{second} {row[second]:.2f}"]
+            cells += [
+                str(row["face"]).rjust(4),
+                box.ljust(22),
+                row["emotion"].ljust(9),
+                f"{row['score']:.2f}".rjust(5),
+                f"{second} {row[second]:.2f}",
+            ]
         self._sink.write("  ".join(cells).rstrip() + "\n")
 
     def close(self) -> None:

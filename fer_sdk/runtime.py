@@ -66,16 +66,12 @@ def set_onnxruntime_logging(verbose: bool) -> None:
 def _provider_name(item: Any) -> str:
     if isinstance(item, str):
         return PROVIDER_ALIASES.get(item.lower(), item)
-    if (
-        isinstance(item, (tuple, list))
-        and len(item) == 2
-        and isinstance(item[0], str)
-        and isinstance(item[1], dict)
-    ):
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
         return PROVIDER_ALIASES.get(item[0].lower(), item[0])
     raise InvalidInputError(
         f"provider {item!r} must be a name or a (name, options) tuple, "
-        "e.g. providers=['CUDAExecutionProvider', 'CPUExecutionProvider'] or [('CUDAExecutionProvider', {'device_id': 0})]"
+        "e.g. providers=['CUDAExecutionProvider', 'CPUExecutionProvider'] or "
+        "[('CUDAExecutionProvider', {'device_id': 0})]"
     )
 
 
@@ -194,8 +190,7 @@ def log_providers(session: Any, requested: Sequence[Any], name: str) -> list[str
     missing = [p for p in wanted if p != CPU and p not in actual]
     if missing:
         logger.warning(
-            "%s was requested but ONNX Runtime fell back to %s for %s (missing CUDA/cuDNN libraries "
-            "or no GPU?)",
+            "%s was requested but ONNX Runtime fell back to %s for %s (missing CUDA/cuDNN libraries or no GPU?)",
             ", ".join(missing),
             actual[0] if actual else "CPU",
             name,
@@ -217,7 +212,9 @@ def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict
     if raw is None:
         raise ModelError(f"{name} has no fer-sdk metadata; {_EXPORT_HINT}")
     if len(raw) > _MAX_METADATA_CHARS:
-        raise ModelError(f"{name}: fer-sdk metadata is {len(raw):,} characters, over {_MAX_METADATA_CHARS:,}; {_EXPORT_HINT}")
+        raise ModelError(
+            f"{name}: fer-sdk metadata is {len(raw):,} characters, over {_MAX_METADATA_CHARS:,}; {_EXPORT_HINT}"
+        )
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError) as err:  # bad JSON, integers of 4,300+ digits, nesting thousands deep
@@ -233,14 +230,8 @@ def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict
             f"{METADATA_FORMAT}); upgrade fer-sdk (pip install -U fer-sdk) or re-export the model"
         )
     labels = meta.get("labels")
-    if (
-        not isinstance(labels, list)
-        or len(labels) != len(EMOTIONS)
-        or not all(isinstance(x, str) for x in labels)
-    ):
-        raise ModelError(
-            f"{name}: metadata labels {labels!r} must list {len(EMOTIONS)} emotion names; {_EXPORT_HINT}"
-        )
+    if not isinstance(labels, list) or len(labels) != len(EMOTIONS) or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{name}: metadata labels {labels!r} must list {len(EMOTIONS)} emotion names; {_EXPORT_HINT}")
     spec_in = meta.get("input")
     spec_out = meta.get("output")
     if not isinstance(spec_in, dict) or not isinstance(spec_out, dict):
@@ -259,9 +250,7 @@ def _check_io(session: Any, meta: dict[str, Any], name: str) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if in_name not in inputs:
-        raise ModelError(
-            f"{name}: metadata names input {in_name!r} but the graph has {sorted(inputs)}; {_EXPORT_HINT}"
-        )
+        raise ModelError(f"{name}: metadata names input {in_name!r} but the graph has {sorted(inputs)}; {_EXPORT_HINT}")
     if out_name not in outputs:
         raise ModelError(
             f"{name}: metadata names output {out_name!r} but the graph has {sorted(outputs)}; {_EXPORT_HINT}"

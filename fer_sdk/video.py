@@ -81,7 +81,9 @@ class FaceTracker:
                 free.discard(k)
         near = sorted(
             (_landmark_distance(self._tracks[k][1], f), k, i)
-            for k in free for i, f in enumerate(faces) if ids[i] is None
+            for k in free
+            for i, f in enumerate(faces)
+            if ids[i] is None
         )
         for dist, k, i in near:
             if dist < 0.5 and k in free and ids[i] is None:
@@ -99,7 +101,12 @@ class Smoother:
     """Causal moving average of each track's probabilities over the last ``seconds``."""
 
     def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
             raise InvalidInputError(f"smooth={seconds!r} must be a number of seconds > 0 (e.g. smooth=1.0)")
         self.seconds = float(seconds)
         self._history: dict[int, deque] = {}
@@ -137,13 +144,21 @@ class VideoSummary:
         tracks = []
         for track, e in sorted(self._tracks.items()):
             mean = e["sum"] / e["frames"]
-            tracks.append({
-                "track": track, "first_s": round(e["first_s"], 3), "last_s": round(e["last_s"], 3),
-                "frames": e["frames"], "dominant_emotion": EMOTIONS[int(mean.argmax())],
-                "mean_probabilities": {k: round(float(v), 6) for k, v in zip(EMOTIONS, mean)},
-            })
+            tracks.append(
+                {
+                    "track": track,
+                    "first_s": round(e["first_s"], 3),
+                    "last_s": round(e["last_s"], 3),
+                    "frames": e["frames"],
+                    "dominant_emotion": EMOTIONS[int(mean.argmax())],
+                    "mean_probabilities": {k: round(float(v), 6) for k, v in zip(EMOTIONS, mean)},
+                }
+            )
         return {
-            "video": self.video, "frames_sampled": self.frames, "face_rows": self.rows, "faces_seen": len(tracks),
+            "video": self.video,
+            "frames_sampled": self.frames,
+            "face_rows": self.rows,
+            "faces_seen": len(tracks),
             "emotion_share": {k: round(v / self.rows, 6) if self.rows else 0.0 for k, v in self._counts.items()},
             "tracks": tracks,
         }
@@ -204,9 +219,18 @@ def native_fps(cap) -> float:
     return value if math.isfinite(value) and 0 < value <= 1000 else 0.0
 
 
-def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | None = None,
-                     on_frames=None, on_annotated=None, smooth: float | None = None,
-                     summary: VideoSummary | None = None, annotated: str | None = None) -> Iterator[dict]:
+def iter_video_faces(
+    classifier,
+    path: Path,
+    *,
+    every: int = 1,
+    fps: float | None = None,
+    on_frames=None,
+    on_annotated=None,
+    smooth: float | None = None,
+    summary: VideoSummary | None = None,
+    annotated: str | None = None,
+) -> Iterator[dict]:
     """Yield one ``fer_sdk.rows`` row per face of the sampled frames of ``path``.
 
     ``smooth``: seconds of each track's history its probabilities are averaged over (``None``: per frame).
@@ -259,17 +283,36 @@ def iter_video_faces(classifier, path: Path, *, every: int = 1, fps: float | Non
                         probs = smoother.update(track, now, probs)
                     if summary is not None:
                         summary.add(track, now, EMOTIONS[int(probs.argmax())], probs)
-                    yield face_row(str(path), i, face, model=model, model_version=version, probabilities=probs,
-                                   frame=frame_no, time_s=t, track=track, annotated=annotated)
+                    yield face_row(
+                        str(path),
+                        i,
+                        face,
+                        model=model,
+                        model_version=version,
+                        probabilities=probs,
+                        frame=frame_no,
+                        time_s=t,
+                        track=track,
+                        annotated=annotated,
+                    )
             if len(frames) < chunk and not ok:
                 return
     finally:
         cap.release()
 
 
-def video_rows(classifier, path: Path, *, every: int = 1, fps: float | None = None, annotate: Path | None = None,
-               taken: set[Path] | None = None, smooth: float | None = None, summary: VideoSummary | None = None,
-               progress=None) -> Iterator[dict]:
+def video_rows(
+    classifier,
+    path: Path,
+    *,
+    every: int = 1,
+    fps: float | None = None,
+    annotate: Path | None = None,
+    taken: set[Path] | None = None,
+    smooth: float | None = None,
+    summary: VideoSummary | None = None,
+    progress=None,
+) -> Iterator[dict]:
     """Rows of one video (see :func:`iter_video_faces`); with ``annotate`` (a folder) also its annotated copy,
     ``NAME.annotated.mp4``, written to a temporary name and renamed when the video is done (never on failure).
 
@@ -296,8 +339,9 @@ def video_rows(classifier, path: Path, *, every: int = 1, fps: float | None = No
     with ExitStack() as stack:
         on_annotated, annotated = None, None
         if annotate is not None:
-            target = unique_path(Path(annotate) / f"{path.stem}.annotated.mp4",
-                                 reserved_paths([path]) if taken is None else taken)
+            target = unique_path(
+                Path(annotate) / f"{path.stem}.annotated.mp4", reserved_paths([path]) if taken is None else taken
+            )
             tmp = stack.enter_context(atomic_path(target))
             step = frame_step(native, every, fps)
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), max(native / step, 1.0), size)
@@ -312,12 +356,27 @@ def video_rows(classifier, path: Path, *, every: int = 1, fps: float | None = No
             def on_annotated(frame, faces, _w=writer):
                 _w.write(annotate_image(frame, faces))
 
-        yield from iter_video_faces(classifier, path, every=every, fps=fps, on_frames=on_frames,
-                                    on_annotated=on_annotated, smooth=smooth, summary=summary, annotated=annotated)
+        yield from iter_video_faces(
+            classifier,
+            path,
+            every=every,
+            fps=fps,
+            on_frames=on_frames,
+            on_annotated=on_annotated,
+            smooth=smooth,
+            summary=summary,
+            annotated=annotated,
+        )
 
 
-def make_test_video(path: Path, images: list[np.ndarray], *, frames_per_image: int = 5, fps: float = 10.0,
-                    size: tuple[int, int] = (320, 240)) -> Path:
+def make_test_video(
+    path: Path,
+    images: list[np.ndarray],
+    *,
+    frames_per_image: int = 5,
+    fps: float = 10.0,
+    size: tuple[int, int] = (320, 240),
+) -> Path:
     """Write a short MP4 that shows each image for ``frames_per_image`` frames (used by tests and demos)."""
     import cv2
 

@@ -157,9 +157,13 @@ class YuNetDetector:
     # ------------------------------------------------------------------ internals
     def _options(self) -> dict:
         return {
-            "min_score": self.min_score, "min_face": self.min_face, "nms_threshold": self.nms_threshold,
-            "max_side": self.max_side, "threads": self.threads,
-            "top_k": self.top_k, "name": self.name,
+            "min_score": self.min_score,
+            "min_face": self.min_face,
+            "nms_threshold": self.nms_threshold,
+            "max_side": self.max_side,
+            "threads": self.threads,
+            "top_k": self.top_k,
+            "name": self.name,
         }
 
     def _prepare(self, image: np.ndarray):

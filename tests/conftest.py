@@ -303,10 +303,26 @@ def models_dir(tmp_path, monkeypatch) -> Path:
 
 # ------------------------------------------------------------------------------ predict's result rows
 #: The columns of every ``fer-sdk predict`` row (fer_sdk.rows.ROW_FIELDS), written out literally.
-ROW_COLUMNS = ("source", "frame", "time_s", "face", "track", "x", "y", "w", "h", "emotion", "score", *EMOTIONS,
-               "detection_score", *(f"{p}_{c}" for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
-                                    for c in ("x", "y")),
-               "model", "model_version", "annotated", "error")
+ROW_COLUMNS = (
+    "source",
+    "frame",
+    "time_s",
+    "face",
+    "track",
+    "x",
+    "y",
+    "w",
+    "h",
+    "emotion",
+    "score",
+    *EMOTIONS,
+    "detection_score",
+    *(f"{p}_{c}" for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth") for c in ("x", "y")),
+    "model",
+    "model_version",
+    "annotated",
+    "error",
+)
 ROW_INT_COLUMNS = ("frame", "face", "track", "x", "y", "w", "h")
 ROW_TEXT_COLUMNS = ("source", "emotion", "model", "model_version", "annotated", "error")
 

@@ -37,8 +37,9 @@ def splits() -> Splits:
 @pytest.fixture(scope="module")
 def snap_run(splits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("snaprun") / "run"
-    cfg = TrainConfig(arch="shallow", epochs=3, batch_size=32, warmup_epochs=0, augment_level="flip",
-                      snapshots=True, command="pytest")
+    cfg = TrainConfig(
+        arch="shallow", epochs=3, batch_size=32, warmup_epochs=0, augment_level="flip", snapshots=True, command="pytest"
+    )
     train(cfg, splits, out, log=quiet)
     return out
 
@@ -99,8 +100,14 @@ def test_average_run_writes_a_run_the_card_chains(snap_run, splits, tmp_path):
     assert (out / "best.keras").is_file() and (out / "config.json").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
-    assert saved["average"] == {"run": str(snap_run), "epochs": [2, 3], "bn_faces": 150, "bn_layers": 2, "seed": 0,
-                                "command": "pytest-average"}
+    assert saved["average"] == {
+        "run": str(snap_run),
+        "epochs": [2, 3],
+        "bn_faces": 150,
+        "bn_layers": 2,
+        "seed": 0,
+        "command": "pytest-average",
+    }
     acc = saved["splits"]["PublicTest"]["accuracy"]
     predicted = load(out / "best.keras").predict(to_model_input(splits.x_val), verbose=0).argmax(1)
     assert acc == pytest.approx((predicted == splits.y_val).mean())
@@ -108,7 +115,9 @@ def test_average_run_writes_a_run_the_card_chains(snap_run, splits, tmp_path):
     training = ship.training_stages(out, saved, "shallow")
     first, avg = training["stages"]
     assert "--snapshots" in first["command"] and "--aug-level flip" in first["command"]
-    assert first["command"].startswith("fer-sdk train --arch shallow") and "--out runs/shallow-stage1" in first["command"]
+    assert (
+        first["command"].startswith("fer-sdk train --arch shallow") and "--out runs/shallow-stage1" in first["command"]
+    )
     assert "horizontal flip only" in first["recipe"]
     assert avg["command"] == (
         "fer-sdk models average --data fer2013.csv.gz --run runs/shallow-stage1 --epochs 2-3 "
@@ -116,10 +125,20 @@ def test_average_run_writes_a_run_the_card_chains(snap_run, splits, tmp_path):
     )
     assert "epochs 2-3" in avg["recipe"] and avg["best_epoch"] is None
     assert training["epochs"] == 3
-    card = {"name": "x", "architecture": "shallow", "precision": "fp32", "parameters": 1, "size_bytes": 1,
-            "sha256": "0" * 64, "evaluation": saved["splits"]["PublicTest"],
-            "evaluation_flip_tta": {"accuracy": 0.5}, "training": training, "confusion_png": "cards/x.png",
-            "evaluate_command": "fer-sdk eval", "known_limits": ["limit"]}
+    card = {
+        "name": "x",
+        "architecture": "shallow",
+        "precision": "fp32",
+        "parameters": 1,
+        "size_bytes": 1,
+        "sha256": "0" * 64,
+        "evaluation": saved["splits"]["PublicTest"],
+        "evaluation_flip_tta": {"accuracy": 0.5},
+        "training": training,
+        "confusion_png": "cards/x.png",
+        "evaluate_command": "fer-sdk eval",
+        "known_limits": ["limit"],
+    }
     text = ship.card_markdown(card)
     assert "Stage 2: weight average (SWA)" in text and "(best None)" not in text
 

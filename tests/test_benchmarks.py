@@ -113,7 +113,7 @@ def test_quick_run_writes_json_report_and_plots(quick_run):
 @pytest.mark.train
 def test_bench_json_schema(quick_run, bench_models):
     _, _, bench, _ = quick_run
-    assert TOP_KEYS <= set(bench)
+    assert set(bench) >= TOP_KEYS
     assert bench["quick"] is True and bench["schema_version"] == 1
     machine = bench["machine"]
     for key in (
@@ -135,7 +135,7 @@ def test_bench_json_schema(quick_run, bench_models):
     rows = bench["runtimes"]["configurations"]
     assert rows, bench["runtimes"]["skipped"]
     for row in rows:
-        assert ROW_KEYS <= set(row), row["id"]
+        assert set(row) >= ROW_KEYS, row["id"]
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row["id"]
         assert row["faces_per_s"] > 0 and row["samples"] >= 1 and row["load_s"] >= 0, row["id"]
         assert row["peak_rss_bytes"] is None or row["peak_rss_bytes"] > 0
@@ -172,9 +172,7 @@ def test_photo_section(quick_run):
         assert p["faces"] >= 0 and p["photos_per_s"] > 0
         for stage in ("decode_ms", "detect_ms", "classify_ms", "analyze_ms"):
             assert p[stage] >= 0, stage
-    assert not any(
-        "1080" in f.name for f in (Path(__file__).resolve().parents[1] / "fer_sdk" / "samples").iterdir()
-    )
+    assert not any("1080" in f.name for f in (Path(__file__).resolve().parents[1] / "fer_sdk" / "samples").iterdir())
 
 
 @pytest.mark.train
@@ -309,7 +307,7 @@ def test_an_out_that_is_a_file_fails_before_timing(bench_models, tmp_path):
 
     (tmp_path / "report").write_text("not a folder")
     with pytest.raises(InvalidInputError, match=r"--out .*report is a file, not a folder"):
-        run_benchmarks(tmp_path / "report", quick=True, models=bench_models[:1],
-                       log=lambda *_: pytest.fail("timing started"))
+        run_benchmarks(
+            tmp_path / "report", quick=True, models=bench_models[:1], log=lambda *_: pytest.fail("timing started")
+        )
     assert (tmp_path / "report").read_text() == "not a folder"
-

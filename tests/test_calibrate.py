@@ -50,8 +50,15 @@ def test_calibrate_model_folds_the_temperature_into_the_graph(make_onnx, tmp_pat
     clf = Classifier(src)
     fit_x, fit_y = _faces_and_noisy_labels(clf, 3000, 1)
     test_x, test_y = _faces_and_noisy_labels(clf, 2000, 2)
-    block = calibrate_model(src, tmp_path / "calibrated.onnx", faces=fit_x, labels=fit_y, fitted_on="synthetic",
-                            eval_faces=test_x, eval_labels=test_y)
+    block = calibrate_model(
+        src,
+        tmp_path / "calibrated.onnx",
+        faces=fit_x,
+        labels=fit_y,
+        fitted_on="synthetic",
+        eval_faces=test_x,
+        eval_labels=test_y,
+    )
     assert block["temperature"] == pytest.approx(3.0, rel=0.15)  # the over-confidence built in
     assert block["ece_after"] < 0.03 < block["ece_before"]
     assert block["nll_after"] < block["nll_before"]
@@ -65,8 +72,9 @@ def test_calibrate_model_folds_the_temperature_into_the_graph(make_onnx, tmp_pat
     assert onnx_metadata(tmp_path / "calibrated.onnx")["calibration"]["fitted_on"] == "synthetic"
 
     with pytest.raises(Exception, match="already calibrated"):
-        calibrate_model(tmp_path / "calibrated.onnx", tmp_path / "twice.onnx", faces=fit_x, labels=fit_y,
-                        fitted_on="synthetic")
+        calibrate_model(
+            tmp_path / "calibrated.onnx", tmp_path / "twice.onnx", faces=fit_x, labels=fit_y, fitted_on="synthetic"
+        )
     with pytest.raises(Exception, match="is the model being calibrated"):
         calibrate_model(src, src, faces=fit_x, labels=fit_y, fitted_on="synthetic")
 
@@ -88,5 +96,8 @@ def test_fold_after_averaged_probabilities(make_onnx, tmp_path):
     (tmp_path / "mean.onnx").write_bytes(model.SerializeToString())
     (tmp_path / "folded.onnx").write_bytes(folded.SerializeToString())
     faces = np.random.default_rng(3).integers(0, 256, (64, 48, 48), dtype=np.uint8)
-    plain, scaled = Classifier(tmp_path / "mean.onnx").predict_proba(faces), Classifier(tmp_path / "folded.onnx").predict_proba(faces)
+    plain, scaled = (
+        Classifier(tmp_path / "mean.onnx").predict_proba(faces),
+        Classifier(tmp_path / "folded.onnx").predict_proba(faces),
+    )
     np.testing.assert_allclose(scaled, apply_temperature(plain, 2.0), atol=1e-4)

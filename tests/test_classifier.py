@@ -56,9 +56,7 @@ def test_accepted_face_forms(clf, faces, tmp_path):
 
     np.testing.assert_allclose(clf.predict_proba(faces[..., None]), ref, atol=1e-6)  # (N, 48, 48, 1)
     np.testing.assert_allclose(clf.predict_proba(list(faces)), ref, atol=1e-6)  # list of arrays
-    np.testing.assert_allclose(
-        clf.predict_proba(faces.astype(np.float32) / 255), ref, atol=1e-5
-    )  # floats in [0, 1]
+    np.testing.assert_allclose(clf.predict_proba(faces.astype(np.float32) / 255), ref, atol=1e-5)  # floats in [0, 1]
 
     bgr = np.stack([cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) for f in faces[:4]])
     np.testing.assert_allclose(clf.predict_proba(bgr), ref[:4], atol=1e-6)  # (N, 48, 48, 3) BGR
@@ -114,9 +112,7 @@ class CountingSession:
 
 def test_batching_keeps_order_and_results(tiny_models, fer_faces):
     thirty = fer_faces[0][:30]
-    counting = CountingSession(
-        onnxruntime.InferenceSession(str(tiny_models.fp32), providers=["CPUExecutionProvider"])
-    )
+    counting = CountingSession(onnxruntime.InferenceSession(str(tiny_models.fp32), providers=["CPUExecutionProvider"]))
     small = Classifier(session=counting, batch_size=7)
     big = Classifier(tiny_models.fp32, batch_size=64)
     p7 = small.predict_proba(thirty)
@@ -132,7 +128,7 @@ def test_bad_batch_size(tiny_models, bad):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    ("kwargs", "match"),
     [
         ({"threads": 0}, "threads="),
         ({"face_margin": -0.1}, "face_margin="),
@@ -177,11 +173,9 @@ def test_labels_are_mapped_by_name(make_onnx, tmp_path, faces):
     weights = np.random.default_rng(1).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
     normal = Classifier(make_onnx(tmp_path / "a.onnx", weights=weights))
     perm = [6, 2, 0, 5, 1, 3, 4]
-    shuffled = Classifier(
-        make_onnx(tmp_path / "b.onnx", weights=weights[:, perm], labels=[EMOTIONS[i] for i in perm])
-    )
+    shuffled = Classifier(make_onnx(tmp_path / "b.onnx", weights=weights[:, perm], labels=[EMOTIONS[i] for i in perm]))
     np.testing.assert_allclose(shuffled.predict_proba(faces), normal.predict_proba(faces), atol=1e-6)
-    bad_labels = list(EMOTIONS[:6]) + ["contempt"]
+    bad_labels = [*list(EMOTIONS[:6]), "contempt"]
     with pytest.raises(ModelError, match="contempt"):
         Classifier(make_onnx(tmp_path / "c.onnx", weights=weights, labels=bad_labels))
 
@@ -305,11 +299,7 @@ def test_bundled_model_by_name(tiny_models, models_dir, faces, clf):
     write_manifest(folder, {"tiny": manifest_entry("tiny.onnx", data, parameters=1, metrics={}, card=None)})
 
     by_name = Classifier("tiny")
-    assert (
-        by_name.spec is not None
-        and by_name.spec.name == "tiny"
-        and by_name.model_path == folder / "tiny.onnx"
-    )
+    assert by_name.spec is not None and by_name.spec.name == "tiny" and by_name.model_path == folder / "tiny.onnx"
     assert "'tiny'" in repr(by_name)
     np.testing.assert_allclose(by_name.predict_proba(faces), clf.predict_proba(faces), atol=1e-6)
     assert Classifier().spec.name == "tiny"  # the manifest default
@@ -346,9 +336,7 @@ def test_unloadable_models(tiny_models, make_onnx, tmp_path):
 def test_face_is_a_plain_value():
     face = Face(box=(1, 2, 3, 4), emotions=dict.fromkeys(EMOTIONS, 1 / 7), emotion="angry", score=1 / 7)
     assert face.to_dict()["box"] == [1, 2, 3, 4]
-    assert face == Face(
-        box=(1, 2, 3, 4), emotions=dict.fromkeys(EMOTIONS, 1 / 7), emotion="angry", score=1 / 7
-    )
+    assert face == Face(box=(1, 2, 3, 4), emotions=dict.fromkeys(EMOTIONS, 1 / 7), emotion="angry", score=1 / 7)
 
 
 def test_predict_proba_converts_batch_by_batch_so_memory_follows_the_batch(tiny_models):

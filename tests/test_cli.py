@@ -51,8 +51,11 @@ def tiny_version(path: Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-FACE_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in ("source", "frame", "time_s", "track", "model",
-                                                          "model_version", "annotated", "error"))
+FACE_COLUMNS = tuple(
+    c
+    for c in ROW_COLUMNS
+    if c not in ("source", "frame", "time_s", "track", "model", "model_version", "annotated", "error")
+)
 
 
 def stderr_lines(result) -> list[str]:
@@ -142,8 +145,9 @@ def test_predict_json_has_every_detected_face(tiny, samples_dir, library_faces):
             assert row["error"] is None and row["annotated"] is None
             assert (row["model"], row["model_version"]) == ("tiny-shallow.onnx", tiny_version(tiny))
             assert row["detection_score"] == pytest.approx(ref.detection_score, abs=1e-6)
-            assert [row[f"{p}_{c}"] for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
-                    for c in "xy"] == [round(v, 2) for point in ref.landmarks for v in point]
+            assert [
+                row[f"{p}_{c}"] for p in ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth") for c in "xy"
+            ] == [round(v, 2) for point in ref.landmarks for v in point]
             assert [row[k] for k in "xywh"] == list(ref.box)
             probs = {e: row[e] for e in EMOTIONS}
             assert row["emotion"] == max(probs, key=probs.get) == ref.emotion
@@ -264,7 +268,9 @@ def test_predict_where_every_photo_is_bad_exits_with_their_code(tiny, samples_di
     result = invoke("predict", "--model", tiny, "--csv", folder)
     assert result.exit_code == 3, result.output  # InvalidImageError for each file
     rows = [dict(zip(ROW_FIELDS, r)) for r in list(csv.reader(io.StringIO(result.stdout)))[1:]]
-    assert sorted(Path(r["source"]).name for r in rows if r["error"]) == sorted(BAD_FILES) and len(rows) == len(BAD_FILES)
+    assert sorted(Path(r["source"]).name for r in rows if r["error"]) == sorted(BAD_FILES) and len(rows) == len(
+        BAD_FILES
+    )
     assert_one_line_error(result, f"none of the {len(BAD_FILES)} input(s) could be processed")
 
     mixed_codes = invoke("predict", "--model", tiny, "--csv", folder, tmp_path / "nowhere.jpg")
@@ -285,7 +291,8 @@ def test_predict_skips_hidden_files_and_folders(tiny, samples_dir, tmp_path):
     shutil.copy(samples_dir / "astronaut.jpg", hidden_parent / "a.jpg")
     inside = invoke("predict", "--model", tiny, "--json", hidden_parent)
     assert inside.exit_code == 0 and [r["source"] for r in parse_rows(inside.stdout, "json")] == [
-        str(hidden_parent / "a.jpg")]
+        str(hidden_parent / "a.jpg")
+    ]
 
 
 def test_predict_refuses_unwritable_outputs_before_loading_anything(samples_dir, tmp_path):
@@ -330,7 +337,7 @@ def test_sdk_error_one_line_without_debug_traceback_with_debug(samples_dir):
 
 
 @pytest.mark.parametrize(
-    "args, option",
+    ("args", "option"),
     [
         (("predict", "--batch-size", "0", "x.jpg"), "--batch-size"),
         (("predict", "--every", "0", "x.jpg"), "--every"),
@@ -355,12 +362,15 @@ def test_json_and_csv_together_is_refused(tiny, samples_dir):
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("options, named", [
-    (("--format", "json", "--csv"), "csv, json"),
-    (("--format", "table", "--json"), "json, table"),
-    (("-f", "jsonl", "--json"), "json, jsonl"),
-    (("--format", "jsonl", "--csv"), "csv, jsonl"),
-])
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (("--format", "json", "--csv"), "csv, json"),
+        (("--format", "table", "--json"), "json, table"),
+        (("-f", "jsonl", "--json"), "json, jsonl"),
+        (("--format", "jsonl", "--csv"), "csv, jsonl"),
+    ],
+)
 def test_two_output_formats_are_refused_before_anything_runs(samples_dir, tmp_path, options, named):
     out = tmp_path / "rows.txt"  # refused before the model is even looked for
     result = invoke("predict", "--model", tmp_path / "no-such-model.onnx", *options, "-o", out, samples_dir)
@@ -398,7 +408,13 @@ def test_every_format_gives_the_same_rows(tiny, samples_dir, tmp_path, library_f
     assert rows["json"] == rows["jsonl"] == rows["csv"]
     got = rows["json"]
     assert [Path(r["source"]).name for r in got] == [
-        "astronaut.jpg", "blank.png", "empty.jpg", "grace_hopper.jpg", "two_faces.jpg", "two_faces.jpg"]
+        "astronaut.jpg",
+        "blank.png",
+        "empty.jpg",
+        "grace_hopper.jpg",
+        "two_faces.jpg",
+        "two_faces.jpg",
+    ]
     assert [r["face"] for r in got] == [0, None, None, 0, 0, 1]
     assert [r["error"] is not None for r in got] == [False, False, True, False, False, False]
     assert "empty.jpg" in got[2]["error"]
@@ -408,8 +424,12 @@ def test_every_format_gives_the_same_rows(tiny, samples_dir, tmp_path, library_f
             ref = library_faces[Path(row["source"]).name][row["face"]]
             assert [row[k] for k in "xywh"] == list(ref.box) and row["emotion"] == ref.emotion
 
-    for alias, fmt in ((("--json",), "json"), (("--csv",), "csv"), (("-f", "jsonl"), "jsonl"),
-                       (("--csv", "--format", "csv"), "csv")):  # the same format twice is no conflict
+    for alias, fmt in (
+        (("--json",), "json"),
+        (("--csv",), "csv"),
+        (("-f", "jsonl"), "jsonl"),
+        (("--csv", "--format", "csv"), "csv"),
+    ):  # the same format twice is no conflict
         result = invoke("predict", "--model", tiny, *alias, folder)
         assert result.exit_code == PARTIAL_FAILURE_EXIT and result.stdout == texts[fmt], alias
     for fmt in FORMATS:
@@ -418,8 +438,13 @@ def test_every_format_gives_the_same_rows(tiny, samples_dir, tmp_path, library_f
         assert result.exit_code == PARTIAL_FAILURE_EXIT and result.stdout == "", result.output
         assert out.read_text() == texts[fmt], fmt
     # without --format, -o's extension picks it; an unknown one gets the table
-    for name, fmt in (("r.csv", "csv"), ("r.JSON", "json"), ("r.jsonl", "jsonl"), ("r.ndjson", "jsonl"),
-                      ("r.txt", "table")):
+    for name, fmt in (
+        ("r.csv", "csv"),
+        ("r.JSON", "json"),
+        ("r.jsonl", "jsonl"),
+        ("r.ndjson", "jsonl"),
+        ("r.txt", "table"),
+    ):
         result = invoke("predict", "--model", tiny, "-o", tmp_path / name, folder)
         assert result.exit_code == PARTIAL_FAILURE_EXIT and (tmp_path / name).read_text() == texts[fmt], name
     result = invoke("predict", "--model", tiny, "--format", "jsonl", "-o", tmp_path / "forced.csv", folder)
@@ -455,8 +480,14 @@ def test_models_lists_manifest_rows(tiny, models_dir):
     folder = models_dir
     shutil.copy(tiny, folder / "tiny.onnx")
     data = (folder / "tiny.onnx").read_bytes()
-    write_manifest(folder, {"tiny": manifest_entry("tiny.onnx", data, parameters=4_741_895,
-                                                   metrics={"PublicTest": {"accuracy": 0.5, "macro_f1": 0.25}})})
+    write_manifest(
+        folder,
+        {
+            "tiny": manifest_entry(
+                "tiny.onnx", data, parameters=4_741_895, metrics={"PublicTest": {"accuracy": 0.5, "macro_f1": 0.25}}
+            )
+        },
+    )
 
     as_json = invoke("models", "--json")
     assert as_json.exit_code == 0, as_json.output
@@ -611,9 +642,7 @@ def test_export_fp32_and_int8_load_in_the_classifier(trained_run, small_csv, tmp
     run, trained = trained_run
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "m.onnx"
-    result = invoke(
-        "export", run, "--out", out, "--data", small_csv, "--int8", "--calibration-size", "500"
-    )
+    result = invoke("export", run, "--out", out, "--data", small_csv, "--int8", "--calibration-size", "500")
     assert result.exit_code == 0, result.output
     int8 = tmp_path / "m-int8.onnx"
     assert result.stdout.split() == [str(out), str(int8)]
@@ -646,8 +675,9 @@ def test_export_refuses_calibration_options_without_int8(trained_run, small_csv,
 @pytest.mark.train
 def test_export_refuses_too_small_calibration(trained_run, small_csv, tmp_path):
     run, _ = trained_run
-    result = invoke("export", run, "--out", tmp_path / "m.onnx", "--data", small_csv, "--int8",
-                    "--calibration-size", "100")
+    result = invoke(
+        "export", run, "--out", tmp_path / "m.onnx", "--data", small_csv, "--int8", "--calibration-size", "100"
+    )
     assert result.exit_code == 2, result.output  # InvalidInputError, checked before any conversion
     last = stderr_lines(result)[-1]
     assert last.startswith("fer-sdk: error: ") and "calibration_size=100" in last and "at least 500" in last
@@ -665,9 +695,19 @@ def test_annotate_keeps_same_named_photos_apart(tiny, samples_dir, tmp_path):
     assert result.exit_code == 0, result.output
     # the input's relative folders are kept: no flattening into photo.jpg, photo-2.jpg
     assert sorted(str(p.relative_to(tmp_path / "ann")) for p in (tmp_path / "ann").rglob("*.jpg")) == [
-        "a/photo.jpg", "b/photo.jpg"]
-    one = invoke("predict", tmp_path / "in" / "a" / "photo.jpg", tmp_path / "in" / "b" / "photo.jpg", "--model",
-                 tiny, "--annotate", tmp_path / "flat", "--json")  # files named one by one: names, kept apart
+        "a/photo.jpg",
+        "b/photo.jpg",
+    ]
+    one = invoke(
+        "predict",
+        tmp_path / "in" / "a" / "photo.jpg",
+        tmp_path / "in" / "b" / "photo.jpg",
+        "--model",
+        tiny,
+        "--annotate",
+        tmp_path / "flat",
+        "--json",
+    )  # files named one by one: names, kept apart
     assert one.exit_code == 0, one.output
     assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["photo-2.jpg", "photo.jpg"]
 
@@ -735,7 +775,8 @@ def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
         "from typer.testing import CliRunner\n"
         "from fer_sdk.cli import app\n"
         "for extra in (['--lr', '0'], ['--out', sys.argv[1], '--resume'], ['--time-budget', '-1'],\n"
-        "              ['--teacher-weight', '0'], ['--teacher', 'nope.onnx'], ['--teacher', 'deep', '--teacher-weight', '0'],\n"
+        "              ['--teacher-weight', '0'], ['--teacher', 'nope.onnx'],\n"
+        "              ['--teacher', 'deep', '--teacher-weight', '0'],\n"
         "              ['--teacher', ' '], []):\n"
         "    if not extra:  # after the seven bad recipes: was TensorFlow or Keras imported?\n"
         "        print(sys.modules.get('tensorflow') is not None, sys.modules.get('keras') is not None)\n"
@@ -743,8 +784,13 @@ def test_train_refuses_a_bad_recipe_before_importing_tensorflow(tmp_path):
         "    print(r.exit_code, r.stderr.strip().splitlines()[-1])\n"
     )
     for mode in ("with-tf", "without-tf"):
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope"), mode], capture_output=True,
-                             text=True, timeout=120, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "nope"), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         lines = out.stdout.strip().splitlines()
         assert out.returncode == 0, out.stderr[-2000:]
         assert lines[0].startswith("2 fer-sdk: error: lr=0.0 must be > 0"), lines
@@ -765,8 +811,11 @@ def test_predict_ends_with_a_summary_line(samples_dir):
     result = invoke("predict", "--model", "deep-int8", samples_dir)
     assert result.exit_code == 0, result.output
     (line,) = stderr_lines(result)
-    assert re.fullmatch(r"fer-sdk: deep-int8 \(int8, CPUExecutionProvider\), detector yunet: 3 photo\(s\), "
-                        r"4 face\(s\) in \d+\.\d\d s", line), line
+    assert re.fullmatch(
+        r"fer-sdk: deep-int8 \(int8, CPUExecutionProvider\), detector yunet: 3 photo\(s\), "
+        r"4 face\(s\) in \d+\.\d\d s",
+        line,
+    ), line
 
 
 def test_version_help_and_debug_are_accepted_after_the_subcommand(tmp_path):
@@ -796,7 +845,7 @@ def test_version_help_and_debug_are_accepted_after_the_subcommand(tmp_path):
     assert "fer-sdk: deep-int8" in run("predict", str(samples), "--csv").stderr
 
 
-@pytest.mark.parametrize("fmt, quiet", [("jsonl", False), ("jsonl", True), ("table", True)])
+@pytest.mark.parametrize(("fmt", "quiet"), [("jsonl", False), ("jsonl", True), ("table", True)])
 def test_a_reader_that_goes_away_ends_the_run_quietly_with_141(tiny, samples_dir, tmp_path, fmt, quiet):
     """`fer-sdk predict ... | head -1`: the console script with stdout a pipe closed after one line; stderr is a
     pipe too (not a terminal), so no progress bar may show there either."""
@@ -808,9 +857,12 @@ def test_a_reader_that_goes_away_ends_the_run_quietly_with_141(tiny, samples_dir
     photo = (samples_dir / "two_faces.jpg").read_bytes()
     for i in range(300):  # 600 rows, far more than a pipe holds: the writes after the close must fail
         (folder / f"p{i:03d}.jpg").write_bytes(photo)
-    proc = subprocess.Popen([str(exe), *(["-q"] if quiet else []), "predict", "--model", str(tiny), "--format", fmt,
-                             str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), *(["-q"] if quiet else []), "predict", "--model", str(tiny), "--format", fmt, str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         first = proc.stdout.readline()
         proc.stdout.close()
@@ -831,8 +883,9 @@ def test_a_reader_that_goes_away_ends_the_run_quietly_with_141(tiny, samples_dir
 
 def test_dash_reads_one_photo_from_stdin(samples_dir, tmp_path):
     photo = (samples_dir / "two_faces.jpg").read_bytes()
-    result = CliRunner().invoke(app, ["predict", "--model", "deep-int8", "-", "--json", "--annotate", str(tmp_path)],
-                                input=photo)
+    result = CliRunner().invoke(
+        app, ["predict", "--model", "deep-int8", "-", "--json", "--annotate", str(tmp_path)], input=photo
+    )
     assert result.exit_code == 0, result.output
     rows = parse_rows(result.stdout, "json")
     assert [(r["source"], r["face"]) for r in rows] == [("-", 0), ("-", 1)]
@@ -851,15 +904,21 @@ def test_annotate_keeps_relative_folders_records_its_file_and_crops_are_saved(sa
     shutil.copy(samples_dir / "two_faces.jpg", tmp_path / "in" / "a" / "x.jpg")
     shutil.copy(samples_dir / "grace_hopper.jpg", tmp_path / "in" / "b" / "x.jpg")
     out, crops = tmp_path / "out", tmp_path / "crops"
-    result = invoke("predict", "--model", "deep-int8", tmp_path / "in", "--json", "--annotate", out,
-                    "--save-crops", crops)
+    result = invoke(
+        "predict", "--model", "deep-int8", tmp_path / "in", "--json", "--annotate", out, "--save-crops", crops
+    )
     assert result.exit_code == 0, result.output
     rows = parse_rows(result.stdout, "json")
     assert [(Path(r["source"]).relative_to(tmp_path / "in").as_posix(), r["face"], r["annotated"]) for r in rows] == [
-        ("a/x.jpg", 0, str(out / "a" / "x.jpg")), ("a/x.jpg", 1, str(out / "a" / "x.jpg")),
-        ("b/x.jpg", 0, str(out / "b" / "x.jpg"))]
+        ("a/x.jpg", 0, str(out / "a" / "x.jpg")),
+        ("a/x.jpg", 1, str(out / "a" / "x.jpg")),
+        ("b/x.jpg", 0, str(out / "b" / "x.jpg")),
+    ]
     assert sorted(str(p.relative_to(crops)) for p in crops.rglob("*.png")) == [
-        "a/x.face0.png", "a/x.face1.png", "b/x.face0.png"]
+        "a/x.face0.png",
+        "a/x.face1.png",
+        "b/x.face0.png",
+    ]
     crop = cv2.imread(str(crops / "b" / "x.face0.png"))
     assert crop.shape[0] == crop.shape[1] > 48  # the aligned square, at the photo's resolution
 
@@ -881,6 +940,7 @@ def test_tensorflow_start_up_lines_are_hidden_unless_debug(tmp_path):
     args = [str(exe), "export", str(tmp_path / "run"), "--out", str(tmp_path / "x.onnx"), "--data", str(FER_CSV)]
     quiet = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     assert quiet.returncode != 0 and quiet.stderr.strip().splitlines() == [
-        line for line in quiet.stderr.strip().splitlines() if line.startswith("fer-sdk: error:")], quiet.stderr
+        line for line in quiet.stderr.strip().splitlines() if line.startswith("fer-sdk: error:")
+    ], quiet.stderr
     loud = subprocess.run([*args, "--debug"], capture_output=True, text=True, timeout=300, check=False)
     assert "absl" in loud.stderr or "cuda" in loud.stderr.lower() or "Traceback" in loud.stderr

@@ -144,9 +144,7 @@ def test_haar_without_cascade_classifier(monkeypatch):
 
 def test_haar_without_the_xml(monkeypatch, tmp_path):
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
-    with pytest.raises(
-        DependencyError, match=rf"haarcascade_frontalface_default\.xml is missing.*{OPENCV_FIX}"
-    ):
+    with pytest.raises(DependencyError, match=rf"haarcascade_frontalface_default\.xml is missing.*{OPENCV_FIX}"):
         HaarDetector()
 
 

@@ -72,8 +72,9 @@ def test_bad_teachers_are_refused(faces, tmp_path):
 def test_teacher_columns_follow_label_names(faces, tmp_path):
     weights = np.random.default_rng(5).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
     plain = make_linear_onnx(tmp_path / "plain.onnx", weights=weights)
-    reversed_ = make_linear_onnx(tmp_path / "reversed.onnx", weights=weights[:, ::-1].copy(),
-                                 labels=list(reversed(EMOTIONS)))
+    reversed_ = make_linear_onnx(
+        tmp_path / "reversed.onnx", weights=weights[:, ::-1].copy(), labels=list(reversed(EMOTIONS))
+    )
     a, _ = teacher_probabilities(str(plain), faces, log=quiet)
     b, _ = teacher_probabilities(str(reversed_), faces, log=quiet)
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
@@ -105,9 +106,20 @@ def test_training_follows_the_teacher(tmp_path):
 
     splits = fer_splits(200, 100)
     teacher = _happy_teacher(tmp_path / "happy.onnx")
-    common = {"arch": "shallow", "epochs": 3, "snapshots": True, "batch_size": 32, "optimizer": "adamw", "lr": 0.01,
-              "warmup_epochs": 0, "augment_level": "flip", "class_weighting": "none", "label_smoothing": 0.0,
-              "seed": 0, "command": "pytest"}
+    common = {
+        "arch": "shallow",
+        "epochs": 3,
+        "snapshots": True,
+        "batch_size": 32,
+        "optimizer": "adamw",
+        "lr": 0.01,
+        "warmup_epochs": 0,
+        "augment_level": "flip",
+        "class_weighting": "none",
+        "label_smoothing": 0.0,
+        "seed": 0,
+        "command": "pytest",
+    }
     runs = {}
     for name, extra in (("labels", {}), ("teacher", {"teacher": str(teacher), "teacher_weight": 1.0})):
         out = tmp_path / name
@@ -145,8 +157,13 @@ def test_training_follows_the_teacher(tmp_path):
     del config["teacher"], config["teacher_weight"]
     (tmp_path / "labels" / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidInputError, match=r"teacher: run has None, you gave '.*happy.onnx'"):
-        train(TrainConfig(**{**common, "epochs": 4}, teacher=str(teacher)), splits, tmp_path / "labels",
-              resume=True, log=quiet)
+        train(
+            TrainConfig(**{**common, "epochs": 4}, teacher=str(teacher)),
+            splits,
+            tmp_path / "labels",
+            resume=True,
+            log=quiet,
+        )
     train(TrainConfig(**{**common, "epochs": 4}), splits, tmp_path / "labels", resume=True, log=quiet)  # still resumes
 
 
@@ -172,26 +189,46 @@ def test_card_names_an_ensemble_teachers_members(tmp_path):
     teacher = tmp_path / "ens.onnx"
     build_ensemble([(a, 3), (b, 1)], teacher, log=quiet)
     sha = sha256_file(teacher)
-    cfg = {**dataclasses.asdict(TrainConfig(arch="shallow", epochs=1, command="pytest")),
-           "teacher": str(teacher), "teacher_weight": 0.6}
+    cfg = {
+        **dataclasses.asdict(TrainConfig(arch="shallow", epochs=1, command="pytest")),
+        "teacher": str(teacher),
+        "teacher_weight": 0.6,
+    }
 
     record = ship.teacher_record(cfg, sha)["teacher"]
-    assert record == {"file": "ens.onnx", "sha256": sha, "weight": 0.6, "members": [
-        {"name": "deep-a", "weight": 0.75, "sha256": sha256_file(a)},
-        {"name": "shallow-b", "weight": 0.25, "sha256": sha256_file(b)},
-    ]}
+    assert record == {
+        "file": "ens.onnx",
+        "sha256": sha,
+        "weight": 0.6,
+        "members": [
+            {"name": "deep-a", "weight": 0.75, "sha256": sha256_file(a)},
+            {"name": "shallow-b", "weight": 0.25, "sha256": sha256_file(b)},
+        ],
+    }
     text = ship.recipe_text(cfg, record)
-    assert (f"teacher `ens.onnx` (sha256 {sha[:12]}...) (an ensemble of `deep-a` x 0.75 (sha256 "
-            f"{sha256_file(a)[:12]}...), `shallow-b` x 0.25 (sha256 {sha256_file(b)[:12]}...)): "
-            "targets 0.4 x label + 0.6 x") in text
+    assert (
+        f"teacher `ens.onnx` (sha256 {sha[:12]}...) (an ensemble of `deep-a` x 0.75 (sha256 "
+        f"{sha256_file(a)[:12]}...), `shallow-b` x 0.25 (sha256 {sha256_file(b)[:12]}...)): "
+        "targets 0.4 x label + 0.6 x"
+    ) in text
 
     # The lineage puts the record on the distilled stage, not on the weight average made from it.
-    kd = {"config": cfg, "teacher_sha256": sha, "epochs": 3, "best_epoch": 3, "wall_time_s": 60.0,
-          "hardware": {"backend": "tensorflow", "device": "CPU"}, "splits": {"PublicTest": {"accuracy": 0.5}}}
+    kd = {
+        "config": cfg,
+        "teacher_sha256": sha,
+        "epochs": 3,
+        "best_epoch": 3,
+        "wall_time_s": 60.0,
+        "hardware": {"backend": "tensorflow", "device": "CPU"},
+        "splits": {"PublicTest": {"accuracy": 0.5}},
+    }
     (tmp_path / "kd").mkdir()
     (tmp_path / "kd" / "metrics.json").write_text(json.dumps(kd))
-    swa = {**kd, "best_epoch": None, "average": {"run": str(tmp_path / "kd"), "epochs": [2, 3], "bn_faces": 100,
-                                                  "seed": 0}}
+    swa = {
+        **kd,
+        "best_epoch": None,
+        "average": {"run": str(tmp_path / "kd"), "epochs": [2, 3], "bn_faces": 100, "seed": 0},
+    }
     distilled, averaged = ship.training_stages(tmp_path / "swa", swa, "shallow")["stages"]
     assert distilled["teacher"] == record and "an ensemble of `deep-a` x 0.75" in distilled["recipe"]
     assert "teacher" not in averaged and "teacher" not in averaged["recipe"]

@@ -44,9 +44,7 @@ def test_ensemble_is_the_weighted_average_of_its_members(tmp_path, make_onnx, fa
     assert meta["parameters"] == 2 * 48 * 48 * 7
     assert report["members"] == meta["ensemble"] and report["parity"]["max_abs_diff"] <= 1e-6
     with_tta = Classifier(out, flip_tta=True).predict_proba(faces)
-    np.testing.assert_allclose(
-        with_tta, (got + Classifier(out).predict_proba(faces[:, :, ::-1].copy())) / 2, atol=1e-6
-    )
+    np.testing.assert_allclose(with_tta, (got + Classifier(out).predict_proba(faces[:, :, ::-1].copy())) / 2, atol=1e-6)
 
 
 def test_ensemble_of_real_fp32_and_int8_exports(tmp_path, tiny_models, faces):
@@ -64,7 +62,7 @@ def test_ensemble_of_real_fp32_and_int8_exports(tmp_path, tiny_models, faces):
 
 
 @pytest.mark.parametrize(
-    "members, words",
+    ("members", "words"),
     [
         (["a=1"], "at least 2 members"),
         (["a=1", "b"], "MODEL=WEIGHT"),
@@ -147,7 +145,9 @@ def test_models_ensemble_cli(tmp_path, make_onnx):
 
     a, b = _two_linear(tmp_path, make_onnx)
     out = tmp_path / "cli.onnx"
-    result = CliRunner().invoke(app, ["models", "ensemble", "--member", f"{a}=2", "--member", f"{b}=1", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["models", "ensemble", "--member", f"{a}=2", "--member", f"{b}=1", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "0.67 x a + 0.33 x b" in result.stderr
     weights = [m["weight"] for m in Classifier(out).metadata["ensemble"]]
@@ -183,9 +183,7 @@ def test_ship_builds_the_ensemble_with_its_card_and_manifest_entry(tmp_path, mak
     assert entry["metrics"]["PublicTest"]["accuracy"] == report["accuracy"] and report["n"] == 120
     card = json.loads((models_dir / "cards" / "ens.json").read_text())
     assert [(m["name"], m["weight"]) for m in card["ensemble"]["members"]] == [("a", 0.6), ("b", 0.4)]
-    assert card["ensemble"]["command"] == (
-        "fer-sdk models ensemble --member a=0.6 --member b=0.4 --out ens.onnx"
-    )
+    assert card["ensemble"]["command"] == ("fer-sdk models ensemble --member a=0.6 --member b=0.4 --out ens.onnx")
     text = (models_dir / "cards" / "ens.md").read_text()
     assert "Weighted ensemble of `a` and `b`" in text and "| `b` | 0.40 | fp32 |" in text
     assert "optimistic" in text and (models_dir / "cards" / "ens.png").stat().st_size > 500
@@ -214,8 +212,13 @@ def test_ship_refuses_bad_ensemble_names_and_members_before_any_work(tmp_path, m
             ship.ship({}, never, models_dir=models_dir, ensembles={name: members})
 
     # re-shipping a member rebuilds the bundled ensemble with its card's weights
-    plan = ship._plan_ensembles(json.loads((models_dir / "manifest.json").read_text()), models_dir,
-                                {"a": tmp_path / "run"}, {}, log=lambda *_: None)
+    plan = ship._plan_ensembles(
+        json.loads((models_dir / "manifest.json").read_text()),
+        models_dir,
+        {"a": tmp_path / "run"},
+        {},
+        log=lambda *_: None,
+    )
     assert plan == {"ens": [("a", 0.6), ("b", 0.4)]}
     with pytest.raises(InvalidInputError, match="'a' is a model this call"):  # a run's output name
         ship._plan_ensembles({"models": {}}, models_dir, {"a": tmp_path}, {"a": ["b=1", "a-int8=1"]}, print)

@@ -65,9 +65,7 @@ def run(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("run_shallow")
     # Small SGD batches: 75 steps move batch-norm statistics enough that predictions spread over several
     # classes (bigger batches collapse to one class after one epoch, which would make agreement trivial).
-    cfg = TrainConfig(
-        arch="shallow", epochs=1, batch_size=8, warmup_epochs=0, augment=False, command="pytest"
-    )
+    cfg = TrainConfig(arch="shallow", epochs=1, batch_size=8, warmup_epochs=0, augment=False, command="pytest")
     train(cfg, Splits(*data["train"], *data["val"]), out, log=lambda *_: None)
     return out
 
@@ -193,18 +191,14 @@ def test_in_memory_model_export_to_new_path_is_atomic(run, data, tmp_path, monke
     from fer_sdk.errors import ModelError
 
     model = _keras_model(run)
-    report = convert.export_onnx(
-        model, tmp_path / "mem.onnx", parity_faces=data["parity"][0], log=lambda *_: None
-    )
+    report = convert.export_onnx(model, tmp_path / "mem.onnx", parity_faces=data["parity"][0], log=lambda *_: None)
     meta = report["metadata"]
     assert meta["source_sha256"] == convert.weights_sha256(model) == convert.weights_sha256(_keras_model(run))
     assert meta["metrics"] == {} and meta["architecture"] == "shallow"
 
     monkeypatch.setattr(convert, "ort_predict", lambda session, x: np.full((len(x), 7), 1 / 7, np.float32))
     with pytest.raises(ModelError, match="not written"):
-        convert.export_onnx(
-            model, tmp_path / "fresh.onnx", parity_faces=data["parity"][0], log=lambda *_: None
-        )
+        convert.export_onnx(model, tmp_path / "fresh.onnx", parity_faces=data["parity"][0], log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.onnx"]
 
 
@@ -253,9 +247,7 @@ def test_int8_graph_is_qdq_with_float_head(quantized):
     for tensor in head[-1].input[1:]:
         assert initializers[tensor].data_type == onnx.TensorProto.FLOAT, tensor
     if head[1].op_type == "Add":
-        assert all(
-            initializers[t].data_type == onnx.TensorProto.FLOAT for t in head[1].input if t in initializers
-        )
+        assert all(initializers[t].data_type == onnx.TensorProto.FLOAT for t in head[1].input if t in initializers)
     assert not [
         n
         for n in model.graph.node
@@ -315,9 +307,7 @@ def test_quantize_failure_keeps_previous_file(exported, data, tmp_path, monkeypa
     previous = tmp_path / "q.onnx"
     previous.write_bytes(b"previous int8")
     with pytest.raises(ModelError, match="not written"):
-        quantize.quantize_int8(
-            exported["path"], previous, calibration_faces=data["cal"][0], log=lambda *_: None
-        )
+        quantize.quantize_int8(exported["path"], previous, calibration_faces=data["cal"][0], log=lambda *_: None)
     assert previous.read_bytes() == b"previous int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]
 
@@ -365,14 +355,17 @@ def test_recover_rebuilds_the_keras_network_from_the_onnx_export(exported, run, 
         recover_network(exported["path"], faces, max_diff=0.0)
     out = tmp_path / "recovered.keras"
     csv = tmp_path / "train.csv"
-    rows = ["emotion,pixels,Usage"] + [f"{y},{' '.join(map(str, f.ravel()))},Training" for f, y in zip(faces, data["cal"][1])]
+    rows = ["emotion,pixels,Usage"] + [
+        f"{y},{' '.join(map(str, f.ravel()))},Training" for f, y in zip(faces, data["cal"][1])
+    ]
     csv.write_text("\n".join(rows) + "\n")
     from typer.testing import CliRunner
 
     from fer_sdk.cli import app
 
-    result = CliRunner().invoke(app, ["models", "recover", str(exported["path"]), "--data", str(csv), "--out", str(out),
-                                      "--faces", "300"])
+    result = CliRunner().invoke(
+        app, ["models", "recover", str(exported["path"]), "--data", str(csv), "--out", str(out), "--faces", "300"]
+    )
     assert result.exit_code == 0 and "wrote" in result.stderr, result.output
     import keras
 
@@ -394,8 +387,10 @@ def test_int8_export_reads_its_calibration_data_before_converting(run, data, tmp
 
     faces, labels = data["eval"]
     public_only = tmp_path / "public_only.csv"  # no Training rows: nothing to calibrate on
-    public_only.write_text("emotion,pixels,Usage\n" + "".join(
-        f"{label},{' '.join(map(str, face.ravel()))},PublicTest\n" for face, label in zip(faces, labels)))
+    public_only.write_text(
+        "emotion,pixels,Usage\n"
+        + "".join(f"{label},{' '.join(map(str, face.ravel()))},PublicTest\n" for face, label in zip(faces, labels))
+    )
     with pytest.raises(DatasetError, match="Training"):
         export_model(run, tmp_path / "m.onnx", data=public_only, int8=True, log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["public_only.csv"]  # no fp32 file left behind

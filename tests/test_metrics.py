@@ -20,7 +20,9 @@ def test_matches_scikit_learn(seed):
     idx = list(range(7))
     precision, recall, f1, support = sk.precision_recall_fscore_support(y_true, y_pred, labels=idx, zero_division=0)
     assert report["accuracy"] == pytest.approx(sk.accuracy_score(y_true, y_pred))
-    assert report["macro_f1"] == pytest.approx(sk.f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0))
+    assert report["macro_f1"] == pytest.approx(
+        sk.f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)
+    )
     for i, row in enumerate(report["per_class"].values()):
         assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((precision[i], recall[i], f1[i]))
         assert row["support"] == support[i]

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_readme_has_no_unfilled_placeholders_and_names_the_default_model():
     text = (REPO / "README.md").read_text()
-    leftovers = re.findall(r"^[A-Z_]{6,}$|\b(?:MODELS_TABLE|BENCH_TABLE|DEFAULT_MODEL|RAY_SECTION)\b", text, re.MULTILINE)
+    leftovers = re.findall(
+        r"^[A-Z_]{6,}$|\b(?:MODELS_TABLE|BENCH_TABLE|DEFAULT_MODEL|RAY_SECTION)\b", text, re.MULTILINE
+    )
     assert not leftovers, leftovers
     if list_models():
         assert f"`Classifier()` loads **{default_model_name()}**" in text
@@ -41,19 +43,37 @@ def test_quickstart_holds_exactly_two_commands_and_ci_runs_the_second():
 def test_wheel_ships_models_samples_and_namespaced_tooling(tmp_path):
     # built from a copy: setuptools writes build/ and *.egg-info into the source folder, never into the checkout
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "runs", "reports", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "runs", "reports", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
     before = sorted(p.name for p in REPO.iterdir())
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-         str(source)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     assert sorted(p.name for p in REPO.iterdir()) == before
     (wheel,) = tmp_path.glob("fer_sdk-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "fer_sdk/py.typed" in names and any(n.endswith(".dist-info/LICENSE") or "/licenses/LICENSE" in n
-                                               for n in names)
+    assert "fer_sdk/py.typed" in names and any(
+        n.endswith(".dist-info/LICENSE") or "/licenses/LICENSE" in n for n in names
+    )
     for spec in list_models():
         assert f"fer_sdk/models/{spec.file}" in names
         assert f"fer_sdk/models/cards/{spec.name}.json" in names
@@ -87,9 +107,31 @@ def test_gpu_job_workers_start_under_the_installed_module_name(tmp_path):
 
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "fer_sdk.export.gpu_job", "--runs", "shallow", "--pixels", "absent.xz",
-         "--labels", "absent.npz", "--out", "out", "--work", "work", "--budget", "1", "--deadline", "120"],
-        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "fer_sdk.export.gpu_job",
+            "--runs",
+            "shallow",
+            "--pixels",
+            "absent.xz",
+            "--labels",
+            "absent.npz",
+            "--out",
+            "out",
+            "--work",
+            "work",
+            "--budget",
+            "1",
+            "--deadline",
+            "120",
+        ],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     log = (tmp_path / "work" / "shallow" / "train.log").read_text()
     assert "No module named" not in log, log

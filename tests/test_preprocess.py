@@ -114,9 +114,7 @@ def test_color_photo_is_grayed_and_resized_as_in_contract():
     bgra = np.dstack([PHOTO, np.full(PHOTO.shape[:2], 9, np.uint8)])
     np.testing.assert_array_equal(prepare_faces(bgra), prepare_faces(PHOTO))
     small = PHOTO[:20, :30]  # enlarging uses INTER_LINEAR
-    np.testing.assert_array_equal(
-        prepare_faces(small)[0, :, :, 0], expected(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
-    )
+    np.testing.assert_array_equal(prepare_faces(small)[0, :, :, 0], expected(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)))
     # and the reference really differs between the two interpolations, so the test can tell them apart
     area = cv2.resize(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
     assert not np.array_equal(area * np.float32(1 / 255), expected(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)))

@@ -26,8 +26,9 @@ def run_on_terminal(*args, timeout: float = 300) -> tuple[int, str, str]:
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "160", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([str(FER_SDK), *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
-                            stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [str(FER_SDK), *map(str, args)], stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env
+    )
     os.close(slave)
     out: list[bytes] = []
     reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
@@ -48,8 +49,14 @@ def run_on_terminal(*args, timeout: float = 300) -> tuple[int, str, str]:
 
 
 def run_on_pipe(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(FER_SDK), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(FER_SDK), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_predict_shows_a_bar_on_a_terminal_only_and_not_when_quiet():
@@ -136,8 +143,13 @@ def test_onnxruntime_warnings_hidden_unless_debug(mode):
     """ONNX Runtime writes its own warnings (here: an unused initializer; on the GPU build without CUDA:
     provider-library errors) straight to stderr; the SDK keeps them off unless asked."""
     pytest.importorskip("onnx")
-    result = subprocess.run([sys.executable, "-c", UNUSED_INITIALIZER_SCRIPT, mode], capture_output=True, text=True, check=False,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", UNUSED_INITIALIZER_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert ("Removing initializer 'unused'" in result.stderr) == (mode == "debug"), result.stderr
 
@@ -158,8 +170,20 @@ def test_ray_run_prints_only_its_summary(tmp_path):
 def test_train_shows_batches_eta_loss_and_accuracy_within_an_epoch(tmp_path):
     pytest.importorskip("tensorflow")
     data = write_small_fer_csv(tmp_path / "small.csv", 256, 64)
-    code, out, err = run_on_terminal("train", "--arch", "shallow", "--data", data, "--out", tmp_path / "run",
-                                     "--epochs", "1", "--batch-size", "128", "--no-augment")
+    code, out, err = run_on_terminal(
+        "train",
+        "--arch",
+        "shallow",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--no-augment",
+    )
     assert code == 0, err
     assert re.search(r"epoch 1/1 .*\d/2 +loss \d+\.\d{4} +acc \d\.\d{4} .*eta", err), err  # the bar (2 batches)
     assert re.search(r"epoch 1/1  lr [\d.]+  loss", err), err  # then the epoch's line

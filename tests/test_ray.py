@@ -116,7 +116,9 @@ def assert_same_faces(got: list[dict], want: list[dict], where: str) -> None:
             assert g["detection_score"] is None and w["landmarks"] is None, where
             continue
         assert np.isclose(g["detection_score"], w["detection_score"], rtol=0, atol=ATOL), where
-        assert np.allclose([g[c] for c in LANDMARK_COLUMNS], np.ravel(w["landmarks"]), rtol=0, atol=0.0051), where  # 2 decimals
+        assert np.allclose([g[c] for c in LANDMARK_COLUMNS], np.ravel(w["landmarks"]), rtol=0, atol=0.0051), (
+            where
+        )  # 2 decimals
 
 
 def group_rows(rows: list[dict]) -> dict[str, list[dict]]:
@@ -137,8 +139,9 @@ def assert_rows_match(rows: list[dict], expected: dict[str, list[dict]], bad: li
     assert len(by_source) == len(expected) + len(bad)
     assert len(rows) == sum(max(1, len(w)) for w in expected.values()) + len(bad)
     assert {(r["model"], r["model_version"]) for r in rows} == {(MODEL, fer_sdk.__version__)}
-    assert all(r["frame"] is None and r["time_s"] is None and r["track"] is None and r["annotated"] is None
-               for r in rows)
+    assert all(
+        r["frame"] is None and r["time_s"] is None and r["track"] is None and r["annotated"] is None for r in rows
+    )
     for path, want in expected.items():
         got = by_source[path]
         assert all(r["error"] is None for r in got), [r["error"] for r in got]
@@ -237,13 +240,8 @@ def test_missing_ray_says_what_to_install(tmp_path):
         f"sys.argv = ['fer-sdk', 'predict', {str(tmp_path)!r}, '--ray', 'local', '--output', 'o']\n"
         "main()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert (
-        'LIB batch inference on Ray needs Ray Data (ray is missing): pip install "fer-sdk[ray]"'
-        in proc.stdout
-    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert 'LIB batch inference on Ray needs Ray Data (ray is missing): pip install "fer-sdk[ray]"' in proc.stdout
     assert proc.returncode == 6, proc.stderr
     assert 'pip install "fer-sdk[ray]"' in proc.stderr and "Traceback" not in proc.stderr
 
@@ -259,9 +257,7 @@ def test_local_ray_is_started_and_stopped(photos, expected, tmp_path):
     from fer_sdk.ray_batch import run_ray_predict
 
     good = photos[1][:6]
-    run = run_ray_predict(
-        good, address="local", local_cpus=2, model=MODEL, output=tmp_path / "o", concurrency=1
-    )
+    run = run_ray_predict(good, address="local", local_cpus=2, model=MODEL, output=tmp_path / "o", concurrency=1)
     assert run.errors == [] and run.images == 6 and run.target == str(tmp_path / "o")
     assert run.faces == sum(len(expected[str(p)]) for p in good)
     assert not ray.is_initialized()
@@ -343,16 +339,15 @@ def test_cli_predict_ray_local(local_ray, photos, expected, tmp_path):
     assert f"{len(bad)} input(s) could not be processed" in result.stderr
     faces = sum(len(w) for w in expected.values())
     assert f"ray: {N_PHOTOS + len(bad)} image(s), {faces} face(s), {len(bad)} error(s) -> {out}" in result.stderr
-    assert sum(line.startswith("fer-sdk: error: ") and any(str(b) in line for b in bad)
-               for line in result.stderr.splitlines()) == len(bad)
+    assert sum(
+        line.startswith("fer-sdk: error: ") and any(str(b) in line for b in bad) for line in result.stderr.splitlines()
+    ) == len(bad)
 
     clean = tmp_path / "clean"
     clean.mkdir()
     for p in good[:4]:
         (clean / p.name).write_bytes(p.read_bytes())
-    result = runner.invoke(
-        app, ["predict", str(clean), "--ray", "local", "-o", str(tmp_path / "ok"), "-m", MODEL]
-    )
+    result = runner.invoke(app, ["predict", str(clean), "--ray", "local", "-o", str(tmp_path / "ok"), "-m", MODEL])
     assert result.exit_code == 0, result.output
     want = {str(clean / p.name): expected[str(p)] for p in good[:4]}
     assert_rows_match(read_parquet_rows(tmp_path / "ok"), want, [])

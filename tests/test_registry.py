@@ -133,7 +133,7 @@ def test_verify_sha256_chunks_large_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text, match",
+    ("text", "match"),
     [
         ("{not json", "not valid JSON"),
         ('{"default": "x"}', "no 'models'"),

@@ -44,8 +44,7 @@ def test_one_classifier_shared_by_8_threads_matches_serial(tiny_models, fer_face
     rng = np.random.default_rng(0)
     # 500 distinct jobs (start, size, as-list) cycled through by 5,000 calls
     jobs = [
-        (int(rng.integers(0, len(faces) - 8)), int(rng.integers(1, 9)), bool(rng.integers(0, 2)))
-        for _ in range(500)
+        (int(rng.integers(0, len(faces) - 8)), int(rng.integers(1, 9)), bool(rng.integers(0, 2))) for _ in range(500)
     ]
 
     def run(job):
@@ -179,9 +178,7 @@ def test_export_failure_after_conversion_keeps_previous_file(shallow_net, fer_fa
     faces = fer_faces[0][:256]
 
     # (1) the converted graph fails onnx.checker
-    monkeypatch.setattr(
-        onnx.checker, "check_model", _raiser(onnx.checker.ValidationError("injected checker failure"))
-    )
+    monkeypatch.setattr(onnx.checker, "check_model", _raiser(onnx.checker.ValidationError("injected checker failure")))
     with pytest.raises(ModelError, match="onnx.checker"):
         convert.export_onnx(shallow_net, previous, parity_faces=faces, log=lambda *_: None)
     with pytest.raises(ModelError, match="onnx.checker"):
@@ -302,8 +299,15 @@ def test_bundled_model_with_wrong_sha256_at_the_cli(tiny_models, samples_dir, tm
     folder.mkdir()
     shutil.copy(tiny_models.fp32, folder / "tiny.onnx")
     good = hashlib.sha256((folder / "tiny.onnx").read_bytes()).hexdigest()
-    entry = {"file": "tiny.onnx", "sha256": good, "architecture": "shallow", "precision": "fp32",
-             "parameters": 1, "size_bytes": 1, "metrics": {}}
+    entry = {
+        "file": "tiny.onnx",
+        "sha256": good,
+        "architecture": "shallow",
+        "precision": "fp32",
+        "parameters": 1,
+        "size_bytes": 1,
+        "metrics": {},
+    }
     (folder / "manifest.json").write_text(json.dumps({"default": "tiny", "models": {"tiny": entry}}))
     monkeypatch.setattr(registry, "MODELS_DIR", folder)
     ok = CliRunner().invoke(app, ["predict", "--model", "tiny", "--json", str(samples_dir / "astronaut.jpg")])

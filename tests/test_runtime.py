@@ -146,9 +146,7 @@ def test_cuda_fallback_is_reported(tiny_models, available, caplog):
         warnings.simplefilter("ignore")  # ORT's own UserWarning about the unavailable provider
         session = runtime.create_session(tiny_models.fp32, "auto")
     assert session.get_providers() == [CPU]
-    warnings_logged = [
-        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "fer_sdk"
-    ]
+    warnings_logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "fer_sdk"]
     assert len(warnings_logged) == 1 and CUDA in warnings_logged[0] and "fell back" in warnings_logged[0]
     # asked for by name, not with 'auto': an error instead of a silent CPU run
     with warnings.catch_warnings(), pytest.raises(DependencyError, match=r"CUDAExecutionProvider was requested.*auto"):
@@ -223,7 +221,7 @@ def _session_with_meta(make_onnx, tmp_path, edit):
 
 
 @pytest.mark.parametrize(
-    "edit, match",
+    ("edit", "match"),
     [
         (lambda m: m.update(labels=m["labels"][:6]), "labels"),
         (lambda m: m.update(format=99), "format 99"),

@@ -110,7 +110,7 @@ def layer_table(model) -> list[tuple]:
     return rows
 
 
-@pytest.mark.parametrize("arch, table, total", [("deep", DEEP, 4_478_727), ("shallow", SHALLOW, 4_741_895)])
+@pytest.mark.parametrize(("arch", "table", "total"), [("deep", DEEP, 4_478_727), ("shallow", SHALLOW, 4_741_895)])
 def test_architecture_matches_the_table(arch, table, total):
     model = build(arch)
     assert tuple(model.inputs[0].shape) == (None, 48, 48, 1) and tuple(model.outputs[0].shape) == (None, 7)
@@ -160,7 +160,7 @@ def test_unknown_architecture_lists_valid_ones():
 
 
 @pytest.mark.parametrize(
-    "overrides, named",
+    ("overrides", "named"),
     [
         ({"arch": "resnet"}, "'resnet'"),
         ({"optimizer": "adam"}, "'adam'"),
@@ -287,12 +287,12 @@ def test_resume_after_sigkill_loses_no_epoch(tmp_path):
         pytest.skip(f"FER2013 not found at {FER_CSV}")
     data = write_small_fer_csv(tmp_path / "small.csv", 300, 100)
     run, marker = tmp_path / "run", tmp_path / "epoch2.started"
-    args = ["train", "--arch", "shallow", "--data", str(data), "--epochs", "3", "--batch-size", "32",
-            "--out", str(run)]
+    args = ["train", "--arch", "shallow", "--data", str(data), "--epochs", "3", "--batch-size", "32", "--out", str(run)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     with open(tmp_path / "child.log", "wb") as log:
-        child = subprocess.Popen([sys.executable, "-c", _SLOW_CHILD, str(marker), *args],
-                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_CHILD, str(marker), *args], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         try:
             deadline = time.monotonic() + 120
             while not marker.exists():

@@ -80,8 +80,23 @@ def test_sampling_every_and_fps(clip, clf):
 def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path):
     runner = CliRunner()
     out = tmp_path / "rows.jsonl"
-    result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--format", "jsonl",
-                                 "--every", "2", "-o", str(out), "--annotate", str(tmp_path / "ann")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(clip),
+            "--model",
+            str(tiny_models.fp32),
+            "--format",
+            "jsonl",
+            "--every",
+            "2",
+            "-o",
+            str(out),
+            "--annotate",
+            str(tmp_path / "ann"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     rows = parse_rows(out.read_text(), "jsonl")
@@ -97,8 +112,9 @@ def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path
 
     plain = [r | {"annotated": None} for r in rows]  # the same run without --annotate
     for fmt in ("csv", "json", "jsonl"):
-        result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--format", fmt,
-                                     "--every", "2"])
+        result = runner.invoke(
+            app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--format", fmt, "--every", "2"]
+        )
         assert result.exit_code == 0, result.output
         assert parse_rows(result.stdout, fmt) == plain, fmt
     result = runner.invoke(app, ["predict", str(clip), "--model", str(tiny_models.fp32), "--csv"])
@@ -113,8 +129,13 @@ def test_cli_video_json_lines_csv_and_annotated_copy(clip, tiny_models, tmp_path
     assert lines[0].split()[:5] == ["source", "frame", "time_s", "track", "face"]  # video columns shown
     assert len(lines) == 1 + len(rows)
     for line, row in zip(lines[1:], rows):
-        assert line.split()[:5] == [str(clip), str(row["frame"]), f"{row['time_s']:.3f}", str(row["track"]),
-                                    str(row["face"])], line
+        assert line.split()[:5] == [
+            str(clip),
+            str(row["frame"]),
+            f"{row['time_s']:.3f}",
+            str(row["track"]),
+            str(row["face"]),
+        ], line
 
 
 def test_same_named_videos_get_separate_annotated_copies(clip, tiny_models, tmp_path):
@@ -123,8 +144,21 @@ def test_same_named_videos_get_separate_annotated_copies(clip, tiny_models, tmp_
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         shutil.copy(clip, tmp_path / sub / "clip.mp4")
-    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--model",
-                                      str(tiny_models.fp32), "--csv", "--every", "4", "--annotate", str(tmp_path / "ann")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--model",
+            str(tiny_models.fp32),
+            "--csv",
+            "--every",
+            "4",
+            "--annotate",
+            str(tmp_path / "ann"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "ann").iterdir())
     assert written == ["clip.annotated-2.mp4", "clip.annotated.mp4"]
@@ -154,18 +188,37 @@ def test_a_failed_video_is_an_error_row_beside_the_good_ones(clip, tiny_models, 
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))  # an MP4 header, nothing after it
     out = tmp_path / "rows.json"
     out.write_text("earlier results")
-    result = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(tiny_models.fp32), "--format", "json",
-                                      "--every", "3", "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path),
+            "--model",
+            str(tiny_models.fp32),
+            "--format",
+            "json",
+            "--every",
+            "3",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == PARTIAL_FAILURE_EXIT, result.output
     assert "1 input(s) could not be processed" in result.stderr and "the other 1 were processed" in result.stderr
     rows = parse_rows(out.read_text(), "json")  # written (atomically) although an input failed
     *frames, failed = rows
     assert frames and {r["source"] for r in frames} == {str(good)} and all(r["error"] is None for r in frames)
-    assert [r["frame"] for r in frames] == sorted(r["frame"] for r in frames) and all(r["frame"] % 3 == 0 for r in frames)
+    assert [r["frame"] for r in frames] == sorted(r["frame"] for r in frames) and all(
+        r["frame"] % 3 == 0 for r in frames
+    )
     assert failed["source"] == str(bad) and "b_broken.mp4" in failed["error"]
     assert failed["frame"] is failed["face"] is failed["emotion"] is None
-    assert frames == parse_rows(CliRunner().invoke(app, ["predict", str(good), "--model", str(tiny_models.fp32),
-                                                         "--json", "--every", "3"]).stdout, "json")
+    assert frames == parse_rows(
+        CliRunner()
+        .invoke(app, ["predict", str(good), "--model", str(tiny_models.fp32), "--json", "--every", "3"])
+        .stdout,
+        "json",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_clip.mp4", "b_broken.mp4", "rows.json"]
 
 
@@ -186,15 +239,19 @@ def test_photos_and_a_video_in_one_folder_are_one_run(clip, tiny_models, samples
     videos = [r for r in rows if r["frame"] is not None]
     assert rows == photos + videos and photos and videos
     assert [(Path(r["source"]).name, r["face"]) for r in photos] == [
-        ("astronaut.jpg", 0), ("two_faces.jpg", 0), ("two_faces.jpg", 1)]
+        ("astronaut.jpg", 0),
+        ("two_faces.jpg", 0),
+        ("two_faces.jpg", 1),
+    ]
     assert all(r["time_s"] is None and r["track"] is None for r in photos)
     assert {r["source"] for r in videos} == {str(folder / "a_clip.mp4")}
     assert {r["frame"] for r in videos} == {0, 4, 8}
     assert all(isinstance(r["track"], int) and r["time_s"] == pytest.approx(r["frame"] / 10) for r in videos)
     assert len({(r["model"], r["model_version"]) for r in rows}) == 1 and rows[0]["model"] == "tiny-shallow.onnx"
     # the same rows as photos alone and the video alone
-    alone = runner.invoke(app, ["predict", str(folder / "astronaut.jpg"), str(folder / "two_faces.jpg"),
-                                "--model", model, "--json"])
+    alone = runner.invoke(
+        app, ["predict", str(folder / "astronaut.jpg"), str(folder / "two_faces.jpg"), "--model", model, "--json"]
+    )
     assert parse_rows(alone.stdout, "json") == photos
     alone = runner.invoke(app, ["predict", str(folder / "a_clip.mp4"), "--model", model, "--json", "--every", "4"])
     assert parse_rows(alone.stdout, "json") == videos
@@ -208,11 +265,30 @@ def test_photos_and_a_video_in_one_folder_are_one_run(clip, tiny_models, samples
 
     # crops (photos) and smoothing + summary (videos) each apply to their part of a mixed run
     crops, summary = tmp_path / "crops", tmp_path / "summary.json"
-    both = runner.invoke(app, ["predict", str(folder), "--model", model, "--csv", "--every", "4", "--save-crops",
-                               str(crops), "--smooth", "1", "--summary", str(summary)])
+    both = runner.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "--model",
+            model,
+            "--csv",
+            "--every",
+            "4",
+            "--save-crops",
+            str(crops),
+            "--smooth",
+            "1",
+            "--summary",
+            str(summary),
+        ],
+    )
     assert both.exit_code == 0, both.output
-    assert sorted(p.name for p in crops.iterdir()) == ["astronaut.face0.png", "two_faces.face0.png",
-                                                       "two_faces.face1.png"]
+    assert sorted(p.name for p in crops.iterdir()) == [
+        "astronaut.face0.png",
+        "two_faces.face0.png",
+        "two_faces.face1.png",
+    ]
     (entry,) = json.loads(summary.read_text())
     assert entry["video"] == str(folder / "a_clip.mp4") and entry["frames_sampled"] == 3
     smoothed = parse_rows(both.stdout, "csv")
@@ -220,13 +296,17 @@ def test_photos_and_a_video_in_one_folder_are_one_run(clip, tiny_models, samples
     assert len(smoothed) == len(rows) and entry["face_rows"] == len(videos)
 
 
-@pytest.mark.parametrize("inputs, option, needle", [
-    ("video", ["--save-crops", "OUT"], "--save-crops saves the faces of photos"),
-    ("photo", ["--smooth", "1"], "--smooth and --summary apply to videos"),
-    ("photo", ["--summary", "OUT"], "--smooth and --summary apply to videos"),
-])
-def test_options_for_the_other_kind_of_input_are_refused(clip, tiny_models, samples_dir, tmp_path, inputs, option,
-                                                         needle):
+@pytest.mark.parametrize(
+    ("inputs", "option", "needle"),
+    [
+        ("video", ["--save-crops", "OUT"], "--save-crops saves the faces of photos"),
+        ("photo", ["--smooth", "1"], "--smooth and --summary apply to videos"),
+        ("photo", ["--summary", "OUT"], "--smooth and --summary apply to videos"),
+    ],
+)
+def test_options_for_the_other_kind_of_input_are_refused(
+    clip, tiny_models, samples_dir, tmp_path, inputs, option, needle
+):
     path = clip if inputs == "video" else samples_dir / "astronaut.jpg"
     option = [str(tmp_path / "out") if o == "OUT" else o for o in option]
     result = CliRunner().invoke(app, ["predict", str(path), "--model", str(tiny_models.fp32), *option])
@@ -260,8 +340,11 @@ def test_tracks_follow_faces_and_smoothing_averages_each_track(tmp_path, samples
         for e in ("happy", "neutral"):
             assert smoothed0[k][e] == pytest.approx(sum(r[e] for r in window) / len(window), abs=2e-6)
     totals = summary.to_dict()
-    assert totals["frames_sampled"] == 12 and totals["face_rows"] == len(rows) and totals["faces_seen"] == len(
-        {r["track"] for r in rows})
+    assert (
+        totals["frames_sampled"] == 12
+        and totals["face_rows"] == len(rows)
+        and totals["faces_seen"] == len({r["track"] for r in rows})
+    )
     assert sum(totals["emotion_share"].values()) == pytest.approx(1.0, abs=1e-5)
     assert totals["tracks"][0]["frames"] == 6
     tracker = FaceTracker(timeout_s=0.2)
@@ -276,8 +359,22 @@ def test_tracks_follow_faces_and_smoothing_averages_each_track(tmp_path, samples
 
 def test_cli_writes_a_video_summary(tmp_path, clip):
     out = tmp_path / "summary.json"
-    result = CliRunner().invoke(app, ["predict", "--model", "deep-int8", str(clip), "--smooth", "1", "--summary",
-                                      str(out), "--csv", "-o", str(tmp_path / "rows.csv")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "deep-int8",
+            str(clip),
+            "--smooth",
+            "1",
+            "--summary",
+            str(out),
+            "--csv",
+            "-o",
+            str(tmp_path / "rows.csv"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     (summary,) = json.loads(out.read_text())
     assert summary["video"] == str(clip) and summary["frames_sampled"] == 12 and summary["faces_seen"] >= 3
@@ -293,7 +390,12 @@ def test_tracker_follows_moving_and_reordered_faces():
 
     def face(x, y, size=60):
         eyes = ((x + 0.3 * size, y + 0.4 * size), (x + 0.7 * size, y + 0.4 * size))
-        marks = (*eyes, (x + 0.5 * size, y + 0.6 * size), (x + 0.35 * size, y + 0.8 * size), (x + 0.65 * size, y + 0.8 * size))
+        marks = (
+            *eyes,
+            (x + 0.5 * size, y + 0.6 * size),
+            (x + 0.35 * size, y + 0.8 * size),
+            (x + 0.65 * size, y + 0.8 * size),
+        )
         return Face((x, y, size, size), {}, "happy", 1.0, landmarks=marks)
 
     tracker = FaceTracker()

@@ -84,8 +84,9 @@ def test_two_faces_with_scores_and_plausible_landmarks(yunet):
 @pytest.mark.skipif(not (SHARED_YUNET / "yunet_s_640_640.onnx").is_file(), reason="../shared/models/yunet absent")
 def test_decoding_agrees_with_opencv_face_detector_yn(yunet):
     image = load_image(SAMPLES / "two_faces.jpg")
-    cv = cv2.FaceDetectorYN.create(str(SHARED_YUNET / "yunet_s_640_640.onnx"), "", (image.shape[1], image.shape[0]),
-                                   0.6, 0.3, 5000)
+    cv = cv2.FaceDetectorYN.create(
+        str(SHARED_YUNET / "yunet_s_640_640.onnx"), "", (image.shape[1], image.shape[0]), 0.6, 0.3, 5000
+    )
     _, theirs = cv.detect(image)
     ours = yunet.detect_faces(image)
     assert len(ours) == len(theirs) == 2
@@ -136,8 +137,9 @@ def test_many_faces_rotated_faces_and_tight_crops(yunet):
 def test_aligned_crops_have_level_eyes_where_fer2013_has_them(yunet):
     astronaut = load_image(SAMPLES / "astronaut.jpg")
     h, w = astronaut.shape[:2]
-    rotated = cv2.warpAffine(astronaut, cv2.getRotationMatrix2D((w / 2, h / 2), 25, 1.0), (w, h),
-                             borderMode=cv2.BORDER_REFLECT)
+    rotated = cv2.warpAffine(
+        astronaut, cv2.getRotationMatrix2D((w / 2, h / 2), 25, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT
+    )
     (det,) = yunet.detect_faces(rotated)
     crop = aligned_crop(rotated, det.landmarks, FER2013)
     assert crop.shape[0] == crop.shape[1] and crop.shape[0] > 48
