@@ -73,11 +73,9 @@ def resolve_models(models: list[str | os.PathLike] | None) -> list[BenchModel]:
             BenchModel(
                 name=name,
                 path=path,
-                architecture=str(meta.get("architecture") or (spec.architecture if spec else "unknown")),
-                precision=str(meta.get("precision") or (spec.precision if spec else "fp32")),
-                parameters=meta.get("parameters")
-                if meta.get("parameters") is not None
-                else (spec.parameters if spec else None),
+                architecture=meta.architecture if meta.architecture != "unknown" or not spec else spec.architecture,
+                precision=meta.precision,
+                parameters=meta.parameters or (spec.parameters if spec else None),
                 size_bytes=path.stat().st_size,
                 bundled=spec is not None,
             )

@@ -16,6 +16,7 @@ from .report import fmt, machine_line, mb, table, versions_line
 _LINES = (
     ("ONNX Runtime INT8", {"runtime": "onnxruntime", "precision": "int8", "device": "cpu"}),
     ("ONNX Runtime fp32", {"runtime": "onnxruntime", "precision": "fp32", "device": "cpu"}),
+    ("LiteRT INT8 (XNNPACK)", {"runtime": "litert", "precision": "int8", "device": "cpu"}),
     ("ONNX Runtime INT8, CUDA", {"runtime": "onnxruntime", "precision": "int8", "device": "cuda"}),
     ("ONNX Runtime fp32, CUDA", {"runtime": "onnxruntime", "precision": "fp32", "device": "cuda"}),
     ("Keras `model(x)`", {"runtime": "keras", "api": "model(x)"}),

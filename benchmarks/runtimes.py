@@ -136,6 +136,25 @@ def _plans(
 ) -> list[_Plan]:
     plans = []
     for m in models:
+        if Path(m.path).suffix.lower() == ".tflite":  # LiteRT: CPU (XNNPACK), the same thread counts as ORT
+            for threads in settings.ort_threads:
+                plans.append(
+                    _Plan(
+                        name=f"litert-{m.name}-cpu-t{threads}",
+                        spec={"kind": "litert", "path": str(m.path), "threads": threads},
+                        apis=("interpreter.invoke",),
+                        labels={
+                            "runtime": "litert",
+                            "model": m.name,
+                            "architecture": m.architecture,
+                            "precision": m.precision,
+                            "device": "cpu",
+                            "threads": threads,
+                            "weights": "exported",
+                        },
+                    )
+                )
+            continue
         devices = [("cpu", [CPU], t) for t in settings.ort_threads]
         if with_cuda:
             devices.append(("cuda", [CUDA, CPU], None))

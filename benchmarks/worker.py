@@ -50,12 +50,35 @@ class _OrtBackend:
         self.session = create_session(spec["path"], spec.get("providers"), spec.get("threads"))
         self.load_s = time.perf_counter() - t0
         meta = read_metadata(self.session, spec["path"])
-        self.input_name = meta["input"].get("name", "faces")
-        self.output_name = meta["output"].get("name", "probabilities")
+        self.input_name = meta.input.name
+        self.output_name = meta.output.name
         self.providers = list(self.session.get_providers())
 
     def call(self, mode: str, x: np.ndarray):
         return lambda: self.session.run([self.output_name], {self.input_name: x})
+
+
+class _LiteRTBackend:
+    """A ``.tflite`` file on ai-edge-litert (XNNPACK), through the same session look-alike the Classifier uses
+    (input quantized, output dequantized: what a caller pays)."""
+
+    modes = ("interpreter.invoke",)
+
+    def __init__(self, spec: dict) -> None:
+        t0 = time.perf_counter()
+        import ai_edge_litert.interpreter  # noqa: F401
+
+        from fer_sdk.litert import LiteRTSession
+
+        self.import_s = time.perf_counter() - t0
+        self.rss_after_import = current_rss_bytes()
+        t0 = time.perf_counter()
+        self.session = LiteRTSession(spec["path"], threads=spec.get("threads"))
+        self.load_s = time.perf_counter() - t0
+        self.providers = self.session.get_providers()
+
+    def call(self, mode: str, x: np.ndarray):
+        return lambda: self.session.run(None, {"faces": x})
 
 
 class _KerasBackend:
@@ -102,7 +125,8 @@ def _serve(spec: dict, out) -> None:
         out.flush()
 
     try:
-        backend = _OrtBackend(spec) if spec["kind"] == "onnxruntime" else _KerasBackend(spec)
+        backends = {"onnxruntime": _OrtBackend, "litert": _LiteRTBackend, "keras": _KerasBackend}
+        backend = backends[spec["kind"]](spec)
     except BaseException as err:  # noqa: BLE001 - any load failure goes to the parent, which records it
         traceback.print_exc()
         reply({"ok": False, "error": f"{type(err).__name__}: {err}"})

@@ -137,8 +137,8 @@ def calibrate_model(
         raise InvalidInputError(f"{dst} is the model being calibrated; write the calibrated copy elsewhere")
     model = onnx.load(str(src))
     meta = onnx_metadata(model)
-    if meta.get("calibration"):
-        raise ModelError(f"{src} is already calibrated (T={meta['calibration'].get('temperature')}); use its source")
+    if meta.calibration:
+        raise ModelError(f"{src} is already calibrated (T={meta.calibration.get('temperature')}); use its source")
     proba = Classifier(src).predict_proba(faces)
     temperature = fit_temperature(proba, labels)
     ex, ey = (faces, labels) if eval_faces is None else (eval_faces, eval_labels)
@@ -157,7 +157,7 @@ def calibrate_model(
         "nll_after": after_report["nll"],
     }
     calibrated = fold_temperature(model, temperature)
-    set_metadata(calibrated, {**meta, "calibration": block})
+    set_metadata(calibrated, meta.replace(calibration=block))
     atomic_write_bytes(dst, checked_bytes(calibrated, str(dst)))
     check = Classifier(dst).predict_proba(ex[:256])
     expected = apply_temperature(before[:256], temperature)

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME
+from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_KEY, OUTPUT_NAME
 from fer_sdk.errors import DependencyError, FerSdkError, InvalidInputError, ModelError
 from fer_sdk.framing import FER2013
 from fer_sdk.io import atomic_write_bytes
+from fer_sdk.metadata import InputSpec, ModelMetadata, OutputSpec
 from fer_sdk.registry import sha256_file
 
 #: Parity needs enough faces to exercise every class and the batch path.
@@ -256,71 +257,61 @@ def _fix_io(proto) -> None:
                         d.dim_param = BATCH_DIM
 
 
-def onnx_metadata(model) -> dict:
-    """This project's metadata (``metadata_props["fer_sdk"]``) from a ModelProto or an .onnx path."""
+def onnx_metadata(model) -> ModelMetadata:
+    """This project's metadata (``metadata_props["fer_sdk"]``, checked) from a ModelProto or an .onnx path."""
     import onnx
 
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "ONNX model"
     if isinstance(model, (str, os.PathLike)):
         model = onnx.load(str(model), load_external_data=False)
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    raise ModelError(f"ONNX model has no {METADATA_KEY!r} metadata; export it with fer-sdk export")
+            return ModelMetadata.from_json(prop.value, name)
+    raise ModelError(f"{name} has no {METADATA_KEY!r} metadata; export it with fer-sdk export")
 
 
-def set_metadata(model, meta: dict) -> None:
+def set_metadata(model, meta: ModelMetadata) -> None:
     """Write ``meta`` as ``metadata_props["fer_sdk"]`` (replacing any previous value)."""
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     for prop in kept:
         model.metadata_props.add(key=prop.key, value=prop.value)
-    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=False))
+    model.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
 
 
-def describe(meta: dict) -> str:
+def describe(meta: ModelMetadata) -> str:
     """``doc_string`` for an exported model."""
     return (
-        f"fer-sdk {meta['architecture']} FER2013 expression classifier ({meta['precision']}): "
+        f"fer-sdk {meta.architecture} FER2013 expression classifier ({meta.precision}): "
         f"{INPUT_NAME} float32 (N, 48, 48, 1) gray in [0, 1] -> {OUTPUT_NAME} float32 (N, {len(EMOTIONS)}) "
         f"softmax over {', '.join(EMOTIONS)}. Metadata key {METADATA_KEY!r} holds the full spec."
     )
 
 
-def build_metadata(*, architecture: str, parameters: int, source_sha256: str, metrics: dict) -> dict:
-    return {
-        "format": METADATA_FORMAT,
-        "labels": list(EMOTIONS),
-        "input": {
-            "name": INPUT_NAME,
-            "height": INPUT_SIZE[0],
-            "width": INPUT_SIZE[1],
-            "channels": 1,
-            "layout": "NHWC",
-            "dtype": "float32",
-            "color": "gray",
-            "scale": SCALE,
-            "offset": OFFSET,
-            "resize": "area",
-        },
-        "output": {"name": OUTPUT_NAME, "kind": "softmax"},
-        "framing": FER2013.to_dict(),  # the training faces' framing: the runtime cuts detected faces to it
-        "architecture": architecture,
-        "precision": "fp32",
-        "parameters": int(parameters),
-        "source_sha256": source_sha256,
-        "metrics": metrics,
-        "producer": producer_versions(),
-    }
+def build_metadata(*, architecture: str, parameters: int, source_sha256: str, metrics: dict) -> ModelMetadata:
+    """The metadata of a fresh fp32 export: FER2013's input contract and framing, this machine's producer."""
+    return ModelMetadata(
+        architecture=architecture,
+        precision="fp32",
+        parameters=int(parameters),
+        labels=EMOTIONS,
+        input=InputSpec(name=INPUT_NAME, height=INPUT_SIZE[0], width=INPUT_SIZE[1], scale=SCALE, offset=OFFSET),
+        output=OutputSpec(name=OUTPUT_NAME),
+        source_sha256=source_sha256,
+        metrics=metrics,
+        producer=producer_versions(),
+        framing=FER2013.to_dict(),  # the training faces' framing: the runtime cuts detected faces to it
+    )
 
 
-def stamp(model, meta: dict) -> None:
+def stamp(model, meta: ModelMetadata) -> None:
     """Set metadata, doc string and producer fields of a ModelProto."""
     set_metadata(model, meta)
     model.doc_string = describe(meta)
     model.producer_name = "fer-sdk"
-    tools = ", ".join(f"{k} {v}" for k, v in meta["producer"].items() if k != "fer_sdk" and v)
-    model.producer_version = f"{meta['producer'].get('fer_sdk')} ({tools})"
-    model.graph.name = f"fer_{meta['architecture']}_{meta['precision']}"
+    tools = ", ".join(f"{k} {v}" for k, v in meta.producer.items() if k != "fer_sdk" and v)
+    model.producer_version = f"{meta.producer.get('fer_sdk')} ({tools})"
+    model.graph.name = f"fer_{meta.architecture}_{meta.precision}"
 
 
 def ort_session(model_bytes: bytes):
@@ -390,7 +381,7 @@ def export_onnx(
         source_sha256=source_sha256,
         metrics=summarize_metrics(metrics if metrics is not None else run_metrics),
     )
-    log(f"converting {described} ({architecture}, {meta['parameters']:,} parameters) to ONNX opset {opset}")
+    log(f"converting {described} ({architecture}, {meta.parameters:,} parameters) to ONNX opset {opset}")
 
     spec = (tf.TensorSpec((None, *INPUT_SIZE, 1), tf.float32, name=INPUT_NAME),)
 
@@ -433,12 +424,12 @@ def export_onnx(
         "path": str(out),
         "architecture": architecture,
         "precision": "fp32",
-        "parameters": meta["parameters"],
+        "parameters": meta.parameters,
         "opset": opset,
         "size_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "parity": parity,
-        "metadata": meta,
+        "metadata": meta.to_dict(),
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, sha256 {report['sha256'][:12]}) in {report['seconds']} s")

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from fer_sdk.constants import INPUT_NAME, METADATA_FORMAT, OUTPUT_NAME
+from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes, check_output_file
+from fer_sdk.metadata import ModelMetadata
 from fer_sdk.registry import resolve_model
 
 from .convert import (
@@ -50,7 +51,7 @@ class _Member:
     name: str
     path: Path
     proto: Any
-    meta: dict
+    meta: ModelMetadata
     session: Any
     sha256: str
 
@@ -99,7 +100,7 @@ def _load_member(model, onnx) -> _Member:
             "pass a bundled model name or an .onnx file written by fer-sdk export"
         ) from None
     meta = read_metadata(session, path)  # typed errors; checks the [N, 48, 48, 1] -> [N, 7] contract
-    if meta.get("ensemble"):
+    if meta.ensemble:
         raise InvalidInputError(f"ensemble member {str(model)!r} is itself an ensemble; list its members instead")
     return _Member(spec.name if spec else path.stem, path, proto, meta, session, hashlib.sha256(data).hexdigest())
 
@@ -145,7 +146,7 @@ def _prefix_names(graph, prefix: str) -> None:
                 _prefix_names(sub, prefix)
 
 
-def merge(protos, weights: list[float], meta: dict, onnx):
+def merge(protos, weights: list[float], meta: ModelMetadata, onnx):
     """One ModelProto: ``faces`` -> each member graph -> ``sum(weight_i * probabilities_i)``.
 
     Every name in member ``i`` gets the prefix ``m<i>/`` (``_prefix_names``) and an Identity feeds it the
@@ -171,13 +172,13 @@ def merge(protos, weights: list[float], meta: dict, onnx):
             helper.make_node("Mul", [prefix + OUTPUT_NAME, weight.name], [weighted[-1]], name=f"ensemble/mul{i}")
         )
     nodes.append(helper.make_node("Sum", weighted, [OUTPUT_NAME], name="ensemble/sum"))
-    spec = meta["input"]
-    shape = ["N", int(spec.get("height", 48)), int(spec.get("width", 48)), int(spec.get("channels", 1))]
+    spec = meta.input
+    shape = ["N", spec.height, spec.width, spec.channels]
     graph = helper.make_graph(
         nodes,
         "fer_ensemble",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(meta["labels"])])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(meta.labels)])],
         initializer=initializers,
         value_info=value_info,
     )
@@ -190,10 +191,10 @@ def _check_members(members: list[_Member]) -> None:
     base = members[0]
     for m in members[1:]:
         for key in SHARED_KEYS:
-            if m.meta.get(key) != base.meta.get(key):
+            if getattr(m.meta, key) != getattr(base.meta, key):
                 raise ModelError(
                     f"ensemble members {base.name!r} and {m.name!r} differ in metadata {key!r} "
-                    f"({base.meta.get(key)!r} vs {m.meta.get(key)!r}); only models with the same labels and "
+                    f"({getattr(base.meta, key)!r} vs {getattr(m.meta, key)!r}); only models with the same labels and "
                     "preprocessing can be averaged"
                 )
     for m in members:
@@ -239,29 +240,31 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
 
     base = loaded[0].meta
     proto = merge([m.proto for m in loaded], weights, base, onnx)
-    precisions = {m.meta.get("precision", "fp32") for m in loaded}
-    meta = {
-        "format": METADATA_FORMAT,
-        **{key: base[key] for key in SHARED_KEYS},
-        "architecture": "ensemble",
-        "precision": precisions.pop() if len(precisions) == 1 else "mixed",
-        "parameters": int(sum(int(m.meta.get("parameters", 0)) for m in loaded)),
-        "source_sha256": hashlib.sha256("".join(m.meta.get("source_sha256", "") for m in loaded).encode()).hexdigest(),
-        "ensemble": [
+    precisions = {m.meta.precision for m in loaded}
+    meta = ModelMetadata(
+        architecture="ensemble",
+        precision=precisions.pop() if len(precisions) == 1 else "mixed",
+        parameters=sum(m.meta.parameters for m in loaded),
+        labels=base.labels,
+        input=base.input,
+        output=base.output,
+        source_sha256=hashlib.sha256("".join(m.meta.source_sha256 or "" for m in loaded).encode()).hexdigest(),
+        ensemble=[
             {
                 "name": m.name,
                 "file": m.path.name,
                 "sha256": m.sha256,
-                "architecture": m.meta.get("architecture"),
-                "precision": m.meta.get("precision", "fp32"),
-                "parameters": m.meta.get("parameters"),
+                "architecture": m.meta.architecture,
+                "precision": m.meta.precision,
+                "parameters": m.meta.parameters,
                 "weight": w,
             }
             for m, w in zip(loaded, weights)
         ],
-        "metrics": {},
-        "producer": producer_versions(),  # the members' own producers are in their files
-    }
+        metrics={},
+        producer=producer_versions(),  # the members' own producers are in their files
+        framing=base.framing,
+    )
     stamp(proto, meta)
     data = checked_bytes(proto, "ensemble")
 
@@ -281,9 +284,9 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     atomic_write_bytes(out, data)
     report = {
         "path": str(out),
-        "members": meta["ensemble"],
-        "parameters": meta["parameters"],
-        "precision": meta["precision"],
+        "members": meta.ensemble,
+        "parameters": meta.parameters,
+        "precision": meta.precision,
         "size_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "parity": {"faces": CHECK_FACES, "max_abs_diff": diff, "max_row_sum_error": row_error},

@@ -96,7 +96,13 @@ def export_model(
             f"evaluating on {len(x_eval)} {eval_name} faces"
         )
         quantize_int8(
-            out, int8_path(out), calibration_faces=calibration_faces, eval_faces=x_eval, eval_labels=y_eval, log=log
+            out,
+            int8_path(out),
+            calibration_faces=calibration_faces,
+            eval_faces=x_eval,
+            eval_labels=y_eval,
+            eval_name=eval_name,
+            log=log,
         )
         written.append(int8_path(out))
     return written

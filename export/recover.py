@@ -11,13 +11,13 @@ checked against the ONNX model on the given faces before it is written.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.constants import METADATA_KEY
 from fer_sdk.errors import ModelError
+
+from .convert import onnx_metadata
 
 
 def _nodes(graph, op: str, layer: str) -> list:
@@ -37,15 +37,14 @@ def recover_network(onnx_path: str | Path, faces: np.ndarray, *, max_diff: float
     from .train import to_model_input
 
     model = onnx.load(str(onnx_path))
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props.get(METADATA_KEY, "{}"))
-    if meta.get("precision", "fp32") != "fp32" or meta.get("architecture") not in ("shallow", "deep"):
+    meta = onnx_metadata(model)
+    if meta.precision != "fp32" or meta.architecture not in ("shallow", "deep"):
         raise ModelError(
-            f"{onnx_path} is not an fp32 fer-sdk shallow/deep export (precision {meta.get('precision')!r}, "
-            f"architecture {meta.get('architecture')!r}); recover from the fp32 file, e.g. deep.onnx"
+            f"{onnx_path} is not an fp32 fer-sdk shallow/deep export (precision {meta.precision!r}, "
+            f"architecture {meta.architecture!r}); recover from the fp32 file, e.g. deep.onnx"
         )
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    net = build(meta["architecture"])
+    net = build(meta.architecture)
     x = to_model_input(faces)
 
     # the input of every batch norm's Mul, added as graph outputs to measure its statistics

@@ -16,7 +16,7 @@ import re
 import shlex
 from pathlib import Path
 
-from fer_sdk.errors import InvalidInputError
+from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.framing import Framing
 from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
@@ -143,6 +143,21 @@ def card_markdown(card: dict) -> str:
     if card.get("quantization"):
         q = card["quantization"]
         lines += ["", "## Quantization", "", f"- {json.dumps(q)}"]
+    if card.get("litert"):
+        lt = card["litert"]
+        lines += [
+            "",
+            "## LiteRT",
+            "",
+            f'- Runs on {lt["runtime"]}: `Classifier("{card["name"]}")` (`pip install "fer-sdk[litert]"`).',
+            f"- Argmax agreement with the fp32 `{lt['parity_with']}` on all {lt['faces']:,} PublicTest faces: "
+            f"{100 * lt['argmax_agreement']:.2f} % (largest probability difference {lt['max_abs_prob_diff']:.3f}); "
+            f"the ONNX INT8 twin scores {100 * lt['onnx_int8_twin_accuracy']:.2f} %.",
+            f"- Calibrated on the same {lt['calibration_faces']:,} Training faces as the ONNX INT8 model "
+            f"(seed {lt['calibration_seed']}); int8 logits out, softmax in float by the reader.",
+            f"- Built by `{lt.get('command', 'fer-sdk models ship --litert')}` from the fp32 ONNX model (its Keras "
+            "network rebuilt by export/recover.py).",
+        ]
     lines += _wild_lines(card)
     lines += [
         "",
@@ -325,7 +340,7 @@ def _ensemble_members(teacher: str, teacher_sha256: str | None) -> list[dict] | 
         path = resolve_teacher(teacher)
         if sha256_file(path) != teacher_sha256:
             return None  # changed since training: its metadata would describe another teacher
-        members = onnx_metadata(path).get("ensemble") or []
+        members = onnx_metadata(path).ensemble or []
         return [{"name": m["name"], "weight": m["weight"], "sha256": m["sha256"]} for m in members] or None
     except Exception:  # noqa: BLE001 - a card without the members beats no card: the teacher sha256 is still given
         return None
@@ -476,6 +491,91 @@ def requantize(
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+#: What a shipped LiteRT INT8 file must keep of its fp32 ONNX twin (argmax agreement on PublicTest) and of the
+#: ONNX INT8 twin (accuracy, points).
+LITERT_MIN_AGREEMENT = 0.985
+LITERT_MAX_ACCURACY_DROP = 0.3
+
+
+def ship_litert(
+    archs: list[str],
+    data: Path,
+    *,
+    models_dir: Path | None = None,
+    seed: int = 0,
+    calibration_size: int | None = None,
+    log=print,
+) -> dict:
+    """Bundle ``ARCH-int8.tflite`` (full-integer LiteRT) for each bundled fp32 ``ARCH``: the Keras network is
+    rebuilt from the fp32 ONNX file (export/recover.py), converted with the ONNX INT8 model's calibration faces,
+    checked against both twins on PublicTest (refused below ``LITERT_MIN_AGREEMENT`` argmax agreement with
+    fp32, or more than ``LITERT_MAX_ACCURACY_DROP`` points under the ONNX INT8 model), given a card, and
+    listed in the manifest as ``ARCH-int8-litert``."""
+    from fer_sdk.classifier import Classifier
+    from fer_sdk.data import load_split
+
+    from .litert import export_tflite
+    from .pipeline import DEFAULT_CALIBRATION_FACES, calibration_pick
+    from .recover import recover_network
+
+    models_dir = Path(models_dir) if models_dir is not None else bundled_models_dir()
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    wrong = [a for a in archs if a not in manifest["models"] or manifest["models"][a].get("precision") != "fp32"]
+    if wrong:
+        raise InvalidInputError(f"--litert {wrong}: not bundled fp32 models; choose from deep, shallow")
+    public = load_split(data, "PublicTest")
+    x_train, _ = load_split(data, "Training")
+    calibration_faces = calibration_pick(x_train, calibration_size or DEFAULT_CALIBRATION_FACES, seed)
+    for arch in archs:
+        fp32_path = models_dir / manifest["models"][arch]["file"]
+        net, diff = recover_network(fp32_path, x_train[:6000])
+        log(f"{arch}: Keras network rebuilt from {fp32_path.name} (max |diff| {diff:.1e})")
+        reference = Classifier(fp32_path)
+        out = models_dir / f"{arch}-int8.tflite"
+        report = export_tflite(
+            net,
+            out,
+            metadata=reference.model_metadata,
+            int8=True,
+            calibration_faces=calibration_faces,
+            parity_faces=public[0],
+            reference=reference,
+            log=log,
+        )
+        mine = Classifier(out).predict_proba(public[0]).argmax(1)
+        twin = Classifier(models_dir / f"{arch}-int8.onnx").predict_proba(public[0]).argmax(1)
+        accuracy, twin_accuracy = float((mine == public[1]).mean()), float((twin == public[1]).mean())
+        agreement = report["parity"]["argmax_agreement"]
+        if agreement < LITERT_MIN_AGREEMENT or 100 * (twin_accuracy - accuracy) > LITERT_MAX_ACCURACY_DROP:
+            out.unlink()
+            raise ModelError(
+                f"{out.name}: argmax agreement {agreement:.2%} with {arch} (needs >= {LITERT_MIN_AGREEMENT:.1%}) "
+                f"and accuracy {100 * accuracy:.2f} % against {100 * twin_accuracy:.2f} % for {arch}-int8.onnx "
+                f"(at most {LITERT_MAX_ACCURACY_DROP} points less); not shipped"
+            )
+        old = json.loads((models_dir / manifest["models"][arch]["card"]).read_text())
+        litert = {
+            "runtime": "ai-edge-litert (XNNPACK)",
+            "parity_with": arch,
+            **report["parity"],
+            "onnx_int8_twin_accuracy": twin_accuracy,
+            "calibration_faces": len(calibration_faces),
+            "calibration_seed": seed,
+        }
+        extra = {
+            "architecture": old["architecture"],
+            "parameters": old["parameters"],
+            "training": old.get("training"),
+            "litert": litert,
+        }
+        name = f"{arch}-int8-litert"
+        manifest["models"][name] = {**_card(out, extra, data, public, models_dir, log, name=name), "backend": "litert"}
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
 def _plan_ensembles(manifest: dict, models_dir: Path, runs: dict, requested: dict, log) -> dict:
     """The ensembles to build: the ``requested`` ones, checked, plus every bundled ensemble whose members
     this call re-ships (rebuilt with its card's weights, so no ensemble is left averaging old files)."""
@@ -508,29 +608,29 @@ def _plan_ensembles(manifest: dict, models_dir: Path, runs: dict, requested: dic
     return plan
 
 
-def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log) -> dict:
+def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log, name: str | None = None) -> dict:
     """Evaluate ``path`` on PublicTest (plain and flip TTA), write its card (json, md, png); return its manifest
     entry."""
     from fer_sdk.classifier import Classifier
     from fer_sdk.evaluate import evaluate
 
-    name = path.stem
+    name = name or path.stem
     clf = Classifier(path)
     report = evaluate(data, split="PublicTest", classifier=clf, faces=public)
     tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True), faces=public)
-    meta = clf.metadata
+    meta = clf.model_metadata
     card = {
         "name": name,
         "file": path.name,
         "architecture": extra["architecture"],
-        "precision": meta.get("precision", "fp32"),
+        "precision": meta.precision,
         "parameters": extra["parameters"],
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "evaluation": {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
         "evaluation_flip_tta": {k: tta[k] for k in ("accuracy", "macro_f1")},
-        "quantization": meta.get("quantization"),
-        **{k: v for k, v in extra.items() if k in ("training", "ensemble")},
+        "quantization": meta.quantization,
+        **{k: v for k, v in extra.items() if k in ("training", "ensemble", "litert")},
         "evaluate_command": f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
         "confusion_png": f"cards/{name}.png",
         "known_limits": KNOWN_LIMITS + (ENSEMBLE_LIMITS if "ensemble" in extra else []),

@@ -27,6 +27,7 @@ from .detection import LANDMARKS, Detection
 from .errors import FerSdkError, InvalidInputError, ModelError, positive_int
 from .framing import Framing, aligned_crop, check_margin, frame_box
 from .images import is_pil_image, load_image, plain_array
+from .metadata import ModelMetadata
 from .preprocess import Preprocessing, crop_face, flip_horizontal, prepare_faces
 from .registry import ModelSpec
 from .runtime import (
@@ -91,6 +92,10 @@ class Face:
         return [score, *(round(float(v), digits) for point in self.landmarks for v in point)]
 
 
+#: Bundled LiteRT models are named after their ONNX twin with this suffix (``deep-int8-litert``).
+LITERT_SUFFIX = "-litert"
+
+
 class Classifier:
     """Classify 48x48 face crops (``predict_proba``/``predict``) or whole photos (``analyze``/``analyze_many``).
 
@@ -116,6 +121,9 @@ class Classifier:
         max_pixels: refuse photos larger than this many pixels (``None``: the loader's default).
         workers: threads ``analyze_many`` decodes and detects on (``None``: all usable cores). The pool lives
             as long as the Classifier (``close()`` or ``with Classifier() as clf:`` ends it sooner).
+        backend: ``None`` (from the model: ``.tflite`` files and ``*-litert`` bundled models run on LiteRT, others on
+            ONNX Runtime), ``"onnxruntime"``, or ``"litert"`` (``Classifier("deep-int8", backend="litert")`` loads
+            the bundled ``deep-int8-litert``; needs ``pip install "fer-sdk[litert]"``).
         channels: the channel order of color numpy arrays you pass: ``"bgr"`` (OpenCV's, default) or ``"rgb"``
             (PIL, imageio, matplotlib). Files, bytes and PIL images are always read correctly.
     """
@@ -137,6 +145,7 @@ class Classifier:
         max_pixels: int | None = None,
         workers: int | None = None,
         channels: str = "bgr",
+        backend: str | None = None,
     ) -> None:
         import_onnxruntime()  # DependencyError with the pip command before anything else
         self._batch_size = positive_int("batch_size", batch_size, "64")
@@ -161,15 +170,36 @@ class Classifier:
             max_pixels = positive_int("max_pixels", max_pixels, "40_000_000")
         self._max_pixels = max_pixels
 
+        if backend not in (None, "onnxruntime", "litert"):
+            raise InvalidInputError(
+                f"backend={backend!r} must be 'onnxruntime' (default for .onnx files) or 'litert' (.tflite files, "
+                "with the litert extra)"
+            )
         if session is None:
             if model is None:
                 model = registry.default_model_name()
-            self._model_path, self._spec = registry.resolve_model(model, verify=False)
-            self._name = self._spec.name if self._spec else self._model_path.name
+            if backend == "litert" and registry._is_name(model) and not model.endswith(LITERT_SUFFIX):
+                model = model + LITERT_SUFFIX  # deep-int8 -> deep-int8-litert, the bundled .tflite twin
+            path, self._spec = registry.resolve_model(model, verify=False)
+            self._model_path: Path | None = path
+            self._name = self._spec.name if self._spec else path.name
             # a bundled model runs from the very bytes whose sha256 was checked
-            source_data = registry.read_verified(self._spec) if self._spec else self._model_path
-            self._session = create_session(source_data, providers, self._threads)
-            source = str(self._model_path)
+            source_data: bytes | Path = registry.read_verified(self._spec) if self._spec else path
+            litert = (self._spec.backend == "litert") if self._spec else path.suffix.lower() == ".tflite"
+            if backend == "onnxruntime" and litert:
+                raise InvalidInputError(f"{self._name} is a LiteRT (.tflite) model; drop backend='onnxruntime'")
+            if litert:
+                if providers not in (None, "auto", "cpu", ["cpu"], ["CPUExecutionProvider"]):
+                    raise InvalidInputError(
+                        f"providers={providers!r} are ONNX Runtime's; a LiteRT model runs on the CPU with XNNPACK: "
+                        "drop providers="
+                    )
+                from .litert import LiteRTSession
+
+                self._session = LiteRTSession(source_data, threads=self._threads, source=self._name)
+            else:
+                self._session = create_session(source_data, providers, self._threads)
+            source = str(path)
         else:
             if providers is not None or threads is not None:
                 raise InvalidInputError(
@@ -190,9 +220,10 @@ class Classifier:
             else:
                 self._name = self._model_path.name if self._model_path else "<injected session>"
 
-        self._metadata = read_metadata(self._session, source)
+        self._model_metadata = read_metadata(self._session, source)
+        self._metadata = self._model_metadata.to_dict()
         self._prep = Preprocessing.from_metadata(self._metadata)
-        labels = tuple(self._metadata["labels"])
+        labels = self._model_metadata.labels
         if labels == EMOTIONS:
             self._columns: np.ndarray | None = None
         elif sorted(labels) == sorted(EMOTIONS):
@@ -203,8 +234,9 @@ class Classifier:
                 f"{source}: metadata labels {list(labels)} are not the FER2013 emotions {list(EMOTIONS)}; "
                 "export the model with this project (fer-sdk export)"
             )
-        self._input_name = self._metadata["input"].get("name", "faces")
-        self._output_name = self._metadata["output"].get("name", "probabilities")
+        self._logits = self._model_metadata.output.kind == "logits"
+        self._input_name = self._model_metadata.input.name
+        self._output_name = self._model_metadata.output.name
 
         self._framing = Framing.from_metadata(self._metadata, source)
         self._model_version: str | None = None
@@ -221,6 +253,11 @@ class Classifier:
     def metadata(self) -> dict[str, Any]:
         """A copy of the model's ``fer_sdk`` metadata."""
         return copy.deepcopy(self._metadata)
+
+    @property
+    def model_metadata(self) -> ModelMetadata:
+        """The model's metadata as the typed contract (``fer_sdk.metadata.ModelMetadata``)."""
+        return self._model_metadata
 
     @property
     def providers(self) -> list[str]:
@@ -280,7 +317,7 @@ class Classifier:
 
     def __repr__(self) -> str:
         return (
-            f"Classifier(model={self._name!r}, precision={self._metadata.get('precision')!r}, "
+            f"Classifier(model={self._name!r}, precision={self._model_metadata.precision!r}, "
             f"providers={self.providers}, batch_size={self._batch_size}, flip_tta={self._flip_tta})"
         )
 
@@ -364,6 +401,8 @@ class Classifier:
                     f"{self._name} returned shape {probs.shape} for {len(chunk)} faces, expected "
                     f"({len(chunk)}, {len(EMOTIONS)}); re-export the model"
                 )
+            if self._logits:  # a model that ends on logits (LiteRT INT8): softmax here, in float
+                probs = _softmax(probs, self._name)
             _check_probabilities(probs, self._name)
             out[start : start + len(chunk)] = probs
         return out
@@ -460,8 +499,9 @@ class Classifier:
                 where.append(i)
             except FerSdkError as exc:
                 out[i] = exc
+        groups: list[Any]  # per image: its (detections, crops), or the FerSdkError that image raised
         try:
-            groups = self._detect_group(loaded)
+            groups = list(self._detect_group(loaded))
         except FerSdkError:
             groups = []
             for image in loaded:
@@ -494,7 +534,7 @@ class Classifier:
             top = int(row.argmax())
             faces.append(
                 Face(
-                    box=tuple(int(v) for v in det.box),
+                    box=(int(det.box[0]), int(det.box[1]), int(det.box[2]), int(det.box[3])),
                     emotions={name: float(p) for name, p in zip(EMOTIONS, row)},
                     emotion=EMOTIONS[top],
                     score=float(row[top]),
@@ -575,6 +615,14 @@ class Classifier:
             results.append(self._faces(detections, probs[start : start + len(detections)]))
             start += len(detections)
         return results
+
+
+def _softmax(logits: np.ndarray, name: str) -> np.ndarray:
+    if not np.all(np.isfinite(logits)):
+        raise ModelError(f"{name} returned non-finite logits; the model file is damaged: re-export it")
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _check_probabilities(probs: np.ndarray, name: str) -> None:

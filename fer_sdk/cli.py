@@ -14,7 +14,7 @@ import json
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,13 +39,13 @@ def _render_flags_as_flags() -> None:
     for this CLI's process only, and left alone on Typer versions without the hook."""
     option = getattr(getattr(typer, "core", None), "TyperOption", None)
     original = getattr(option, "display_type_rich", None)
-    if original is None or getattr(original, "_fer_sdk", False):
+    if option is None or original is None or getattr(original, "_fer_sdk", False):
         return
 
     def display_type_rich(self, ctx):
         return None if getattr(self, "is_flag", False) else original(self, ctx)
 
-    display_type_rich._fer_sdk = True  # type: ignore[attr-defined]
+    display_type_rich._fer_sdk = True  # type: ignore[attr-defined]  # a marker attribute on a plain function
     option.display_type_rich = display_type_rich
 
 
@@ -139,17 +139,58 @@ def _errors():
         raise typer.Exit(1) from None
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """A str Enum for Typer whose members are ``values``: the recipe's own tuples, so the CLI cannot drift."""
-    return Enum(name, [(v, v) for v in values], type=str)
+# The choices of the CLI's enum options, written out so type checkers know the members (``Optimizer.sgd``) and
+# checked against the recipe's own tuples when this module loads, so the CLI cannot drift from them.
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
 
 
-OutputFormat = _choices("OutputFormat", FORMATS)
-Arch = _choices("Arch", ARCHITECTURES)
-Optimizer = _choices("Optimizer", OPTIMIZERS)
-ClassWeighting = _choices("ClassWeighting", CLASS_WEIGHTINGS)
-Precision = _choices("Precision", PRECISIONS)
-AugLevel = _choices("AugLevel", AUGMENT_LEVELS)
+class Arch(str, Enum):
+    shallow = "shallow"
+    deep = "deep"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class ClassWeighting(str, Enum):
+    none = "none"
+    sqrt = "sqrt"
+    balanced = "balanced"
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+class AugLevel(str, Enum):
+    strong = "strong"
+    light = "light"
+    flip = "flip"
+
+
+def _check_choices(choices: type[Enum], values: tuple[str, ...]) -> None:
+    """``choices`` has exactly ``values``, in order (the order ``--help`` lists them in)."""
+    members = tuple(m.value for m in choices)
+    if members != tuple(values):
+        raise RuntimeError(f"fer_sdk.cli.{choices.__name__} lists {members}, the recipe {tuple(values)}: update it")
+
+
+for _enum, _values in (
+    (OutputFormat, FORMATS),
+    (Arch, ARCHITECTURES),
+    (Optimizer, OPTIMIZERS),
+    (ClassWeighting, CLASS_WEIGHTINGS),
+    (Precision, PRECISIONS),
+    (AugLevel, AUGMENT_LEVELS),
+):
+    _check_choices(_enum, _values)
 
 
 ModelOpt = Annotated[
@@ -275,9 +316,9 @@ def predict(
     ] = None,
 ) -> None:
     """Detect faces in photos (or videos) and classify their expressions."""
-    chosen = {
-        f for f, on in ((fmt.value if fmt else None, fmt is not None), ("json", json_out), ("csv", csv_out)) if on
-    }
+    chosen = {f for f, on in (("json", json_out), ("csv", csv_out)) if on}
+    if fmt is not None:
+        chosen.add(fmt.value)
     if len(chosen) > 1:
         _err(f"choose one output format; got {', '.join(sorted(chosen))} (--format, --json and --csv)")
         raise typer.Exit(2)
@@ -364,7 +405,7 @@ def _list_models(json_out: bool) -> None:
 
         specs = list_models()
         default = default_model_name() if specs else None
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": s.name,
                 "default": s.name == default,
@@ -442,6 +483,12 @@ def models_ship(
         ),
     ] = None,
     default: Annotated[str | None, typer.Option(help="The model Classifier() loads by default.")] = None,
+    litert: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Bundle ARCH-int8.tflite (LiteRT full-integer) for the bundled fp32 model ARCH, parity-checked."
+        ),
+    ] = None,
     requantize: Annotated[
         list[str] | None,
         typer.Option(help="Quantize the bundled fp32 model ARCH (e.g. deep) to INT8 again and rebuild its ensembles."),
@@ -471,19 +518,26 @@ def models_ship(
             ensembles[name] = [part.replace(":", "=", 1) for part in parts]
         if data is None:
             raise InvalidInputError("models ship needs --data FER2013.csv.gz (Training and PublicTest)")
-        if runs or requantize:  # exporting and quantizing need TensorFlow / ONNX tools; ensembles only onnx
+        if runs or requantize or litert:  # exporting and quantizing need TensorFlow / ONNX tools; ensembles only onnx
             _require_train_extra()
         from .export.ship import requantize as run_requantize
         from .export.ship import ship
 
+        if litert:
+            if runs or ensembles or requantize:
+                raise InvalidInputError("--litert ARCH takes no --run, --ensemble or --requantize; run them separately")
+            from .export.ship import ship_litert
+
+            ship_litert(list(litert), data, models_dir=into, log=_info)
+            return
         if requantize:
             if runs or ensembles:
                 raise InvalidInputError("--requantize ARCH takes no --run or --ensemble; run them separately")
-            run_requantize(list(requantize), data, models_dir=into)
+            run_requantize(list(requantize), data, models_dir=into, log=_info)
             return
         if not runs and not ensembles:
             raise InvalidInputError("pass at least one --run ARCH=RUN_DIR or --ensemble (or --requantize, --table)")
-        ship(runs, data, models_dir=into, default=default, ensembles=ensembles)
+        ship(runs, data, models_dir=into, default=default, ensembles=ensembles, log=_info)
 
 
 @models_app.command("ensemble")
@@ -595,10 +649,12 @@ def train(
     ] = None,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear warm-up epochs before the cosine decay.")] = 3,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
-    class_weighting: Annotated[ClassWeighting, typer.Option(help="Loss weights against class imbalance.")] = None,
+    class_weighting: Annotated[
+        ClassWeighting | None, typer.Option(help="Loss weights against class imbalance.")
+    ] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
     aug_level: Annotated[
-        AugLevel,
+        AugLevel | None,
         typer.Option(help="strong: geometry + contrast + erasing; light: flip + small geometry; flip: mirror only."),
     ] = None,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout after each conv block.")] = 0.25,
@@ -616,7 +672,8 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
     precision: Annotated[
-        Precision, typer.Option(help="mixed_bfloat16: ~2x faster on CPUs with AVX512-BF16; saved models stay float32.")
+        Precision | None,
+        typer.Option(help="mixed_bfloat16: ~2x faster on CPUs with AVX512-BF16; saved models stay float32."),
     ] = None,
     snapshots: Annotated[
         bool, typer.Option("--snapshots", help="Keep every epoch's network in OUT/snapshots (for weight averaging).")
@@ -746,6 +803,10 @@ def bench(
 
 
 def _require_train_extra() -> None:
+    import os
+
+    if not _state["debug"]:  # TensorFlow's C++ log lines after start-up ("failed call to cuInit" on a CPU machine)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         from .progress import native_stderr_to_file
 

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from .errors import FerSdkError, InvalidInputError
 from .io import atomic_path, check_output_file, check_output_folder
@@ -165,6 +166,7 @@ def run_predict(
     from .progress import bar as progress_bar
 
     with contextlib.ExitStack() as stack:
+        sink: TextIO
         if output is not None:
             tmp = stack.enter_context(atomic_path(output))
             sink = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape"))

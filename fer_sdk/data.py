@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -162,9 +163,13 @@ def _open(path: Path, stack: ExitStack):
             return stack.enter_context(archive.open(name))
         _check_tar_headers(path, magic)  # before tarfile (is_tarfile too) reads long names / pax records whole
         if tarfile.is_tarfile(path):
-            archive = stack.enter_context(tarfile.open(path))  # noqa: SIM115 (closed by the stack)
-            members = {m.name: m for m in archive.getmembers() if m.isfile()}
-            return stack.enter_context(archive.extractfile(members[_archive_csv(path, list(members))]))
+            tar = stack.enter_context(tarfile.open(path))  # noqa: SIM115 (closed by the stack)
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            name = _archive_csv(path, list(members))
+            member = tar.extractfile(members[name])
+            if member is None:  # only for members that are not regular files; isfile() kept none of those
+                raise DatasetError(f"{path}: member {name!r} is not a regular file. Fix: extract fer2013.csv.")
+            return stack.enter_context(member)
         raw = stack.enter_context(open_regular(path, error=DatasetError, what="dataset file"))
         return stack.enter_context(gzip.open(raw, "rb")) if magic[:2] == b"\x1f\x8b" else raw
     except (NotImplementedError, RuntimeError) as exc:  # zip: unsupported compression, encrypted member
@@ -344,7 +349,7 @@ def _pixel_problem(pixels: bytes) -> str:
     return f"has {len(tokens)} pixel values, expected {_PIXELS} (48x48)"
 
 
-def _bad_row(path: Path, lineno: int, problem: str):
+def _bad_row(path: Path, lineno: int, problem: str) -> NoReturn:
     raise DatasetError(f"{path}: line {lineno}: {problem}. Fix: {_ROW_FORMAT}; repair or delete this line.")
 
 
@@ -387,10 +392,10 @@ def _read_folder(root: Path, wanted):
                         "so its FER2013 split is unknown. Fix: rename it with its split prefix, as in the "
                         "Kaggle image-folder release, or remove it."
                     )
-                split = SPLITS.index(match.group(1))
+                split_index = SPLITS.index(match.group(1))
                 number = match.group(2)
                 key = (0, int(number)) if number is not None else (1, 0)
-                found.append((split, *key, file.name, file, EMOTIONS.index(emotion)))
+                found.append((split_index, *key, file.name, file, EMOTIONS.index(emotion)))
     found.sort(key=lambda t: (*t[:4], str(t[4])))
     present = {SPLITS[t[0]] for t in found}
     out = {}

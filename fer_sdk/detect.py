@@ -15,7 +15,7 @@ import os
 import threading
 from numbers import Real
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -85,7 +85,7 @@ class HaarDetector(_ThreadLocalDetector):
         min_neighbors: int = 5,
         min_size: tuple[int, int] = (30, 30),
         max_side: int | None = 960,
-    ):
+    ) -> None:
         if isinstance(scale_factor, bool) or not isinstance(scale_factor, Real) or not scale_factor > 1:
             raise InvalidInputError(
                 f"HaarDetector: scale_factor must be a number > 1 (e.g. 1.1), got {scale_factor!r}."
@@ -101,11 +101,11 @@ class HaarDetector(_ThreadLocalDetector):
                 f"HaarDetector: max_side must be an int >= 64 (e.g. 960) or None for full resolution, got {max_side!r}."
             )
         super().__init__()
-        self.max_side = None if max_side is None else int(max_side)
-        self.scale_factor = float(scale_factor)
-        self.min_neighbors = int(min_neighbors)
-        self.min_size = (int(min_size[0]), int(min_size[1]))
-        self.cascade_path = _haar_cascade_path()
+        self.max_side: int | None = None if max_side is None else int(max_side)
+        self.scale_factor: float = float(scale_factor)
+        self.min_neighbors: int = int(min_neighbors)
+        self.min_size: tuple[int, int] = (int(min_size[0]), int(min_size[1]))
+        self.cascade_path: str = _haar_cascade_path()
         self._instance()  # load once now so a broken install fails here, not at the first detect
 
     def _create(self):
@@ -217,7 +217,7 @@ def get_detector(spec=None, *, min_score: float | None = None, min_face: int | N
     ``min_score`` (YuNet only: 0..1, default 0.6) and ``min_face`` (pixels, default 0 for YuNet and 30 for Haar)
     configure the detectors built here from a name or path; for a detector object, set them on the object.
     """
-    options = {}
+    options: dict[str, Any] = {}  # min_score (float) and min_face (int) for the detector built here
     if min_score is not None:
         options["min_score"] = min_score
     if min_face is not None:

@@ -7,7 +7,7 @@ exits with the code in ``exit_code`` (documented in the README).
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Any
+from typing import Any, overload
 
 
 class FerSdkError(Exception):
@@ -46,6 +46,10 @@ class DependencyError(FerSdkError, ImportError):
     exit_code = 6
 
 
+@overload
+def positive_int(name: str, value: Any, example: str, *, none_means: None = None, owner: str = "") -> int: ...
+@overload
+def positive_int(name: str, value: Any, example: str, *, none_means: str, owner: str = "") -> int | None: ...
 def positive_int(name: str, value: Any, example: str, *, none_means: str | None = None, owner: str = "") -> int | None:
     """``value`` as an ``int`` >= 1 (Python or NumPy integer, not bool), else ``InvalidInputError``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from .metrics import calibration_report, classification_report
 
@@ -32,7 +33,7 @@ def evaluate(
 
     x, y = faces if faces is not None else load_split(data, split)
     if classifier is None:
-        kwargs = {} if model is None else {"model": model}
+        kwargs: dict[str, Any] = {} if model is None else {"model": model}  # None: the default model
         classifier = Classifier(**kwargs, providers=providers, batch_size=batch_size, flip_tta=flip_tta)
     from .progress import counter
 

@@ -75,7 +75,12 @@ class Framing:
 
 
 def _unit_float(value, lo: float = 0.0, hi: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or not lo <= float(value) <= hi
+    ):
         raise ValueError(f"numbers in [{lo}, {hi}], got {value!r}")
     return float(value)
 
@@ -96,7 +101,7 @@ def check_margin(face_margin) -> float | None:
         isinstance(face_margin, bool)
         or not isinstance(face_margin, Real)
         or not math.isfinite(face_margin)
-        or not 0 <= face_margin <= 2
+        or not 0 <= float(face_margin) <= 2
     ):
         raise InvalidInputError(
             f"face_margin={face_margin!r} must be a number in [0, 2] (e.g. face_margin=0.1) or None for the "

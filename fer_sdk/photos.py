@@ -126,7 +126,7 @@ def is_dir(path: Path) -> bool:
 def visible_files(folder: Path) -> list[Path]:
     """Files under ``folder``, sorted; dot files and dot folders (``.git``, macOS ``._photo.jpg`` sidecars) are
     skipped without being walked."""
-    found = []
+    found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(root) / f for f in files if not f.startswith("."))
@@ -248,6 +248,8 @@ def write_annotated(
     """
     import cv2
 
+    if result.image is None:  # predict_photos keeps the decoded photo only with keep_images=True
+        raise InvalidInputError(f"{result.source}: no image to annotate (predict_photos(..., keep_images=True))")
     target = folder / relative_name(result.source, roots)
     ext = target.suffix.lower() if target.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
     if taken is None:

@@ -45,7 +45,7 @@ def _check_field(key: str, value):
             raise ValueError(f"{key} must be a finite number, got {value!r}")
         if key == "scale" and value == 0:
             raise ValueError("scale must not be 0")
-        if abs(value) > _MAX_AFFINE:  # pixel * scale + offset must stay a sane float32 for 0..255
+        if abs(float(value)) > _MAX_AFFINE:  # pixel * scale + offset must stay a sane float32 for 0..255
             raise ValueError(f"{key} must lie in [-{_MAX_AFFINE:g}, {_MAX_AFFINE:g}], got {value!r}")
         return float(value)
     if key == "color":

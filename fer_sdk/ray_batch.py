@@ -159,15 +159,15 @@ class FerPredictor:
             faces[i] = found
             if error is not None:
                 errors[i] = f"{paths[i] or 'image bytes'}: {error}"
-        named = {"model": self.classifier.model_name, "model_version": self.classifier.model_version}
+        model, version = self.classifier.model_name, self.classifier.model_version
         rows, owner = [], []  # owner: the input row each output row comes from
         for i in range(n):
             source = paths[i] or "image bytes"
             if errors[i] or not faces[i]:
-                rows.append(empty_row(source, error=errors[i] or None, **named))
+                rows.append(empty_row(source, error=errors[i] or None, model=model, model_version=version))
                 owner.append(i)
             for k, face in enumerate([] if errors[i] else faces[i]):
-                rows.append(face_row(source, k, face, **named))
+                rows.append(face_row(source, k, face, model=model, model_version=version))
                 owner.append(i)
         return _rows_table(rows, {k: v for k, v in batch.items() if k not in ("bytes", "path", *ROW_FIELDS)}, owner)
 
@@ -389,7 +389,7 @@ def run_ray_predict(
     concurrency: int | tuple[int, int] | None = None,
     local_cpus: int | None = None,
     **predictor_kw: Any,
-) -> int:
+) -> RayRun:
     """``fer-sdk predict --ray ADDRESS|local``: read, classify on Ray, write Parquet to ``output``.
 
     ``address``: ``"local"`` starts a Ray instance on this machine (``local_cpus`` CPUs, default all) and stops
@@ -403,8 +403,8 @@ def run_ray_predict(
     ray = import_ray()
     if fmt != "table":
         raise InvalidInputError(f"--ray writes Parquet into --output DIR; drop --format {fmt}")
-    remote_out = output is not None and _is_uri(os.fspath(output))
-    out = Path() if remote_out else _prepare_output(output)
+    remote = os.fspath(output) if output is not None and _is_uri(os.fspath(output)) else None  # written in place
+    out = Path() if remote is not None else _prepare_output(output)
     model = _check_model(model, local=address == "local")
     if "detector" in predictor_kw:  # a relative .onnx path must mean the same file on every worker
         from .detect import portable_spec
@@ -442,15 +442,15 @@ def run_ray_predict(
         ds = predict_dataset(
             read_images(paths), model=model, batch_size=batch_size, concurrency=concurrency, **predictor_kw
         )
-        if remote_out:
-            target = os.fspath(output)
+        if remote is not None:
+            target = remote
             ds.write_parquet(target, ray_remote_args={"num_cpus": _IO_CPUS})
+            rows, faces, errors = _summarize(target, local=False)
         else:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
             ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": _IO_CPUS})
             target = str(tmp)
-        rows, faces, errors = _summarize(target, local=not remote_out)
-        if not remote_out:
+            rows, faces, errors = _summarize(target, local=True)
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the results are an ordinary readable folder
             os.replace(tmp, out)  # atomic at folder level: an empty `out` is replaced, never a full one
             tmp, target = None, str(out)

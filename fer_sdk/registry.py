@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ModelError
 
@@ -60,6 +60,7 @@ class ModelSpec:
     size_bytes: int
     metrics: Mapping[str, Any]
     card: str | None = None
+    backend: str = "onnxruntime"  # or "litert" (a .tflite file, run with ai-edge-litert)
 
     @property
     def path(self) -> Path:
@@ -82,6 +83,7 @@ class ModelSpec:
             "size_bytes": self.size_bytes,
             "metrics": _thaw(self.metrics),
             "card": self.card,
+            "backend": self.backend,
         }
 
 
@@ -116,6 +118,7 @@ def _spec(name: str, entry: Any) -> ModelSpec:
             size_bytes=int(entry.get("size_bytes", 0)),
             metrics=_freeze(entry.get("metrics") or {}),
             card=entry.get("card"),
+            backend=str(entry.get("backend", "onnxruntime")),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(
@@ -166,7 +169,7 @@ def default_model_name() -> str:
     if manifest is None:
         raise ModelError(_no_bundled_message())
     default = manifest.get("default")
-    if default not in manifest["models"]:
+    if not isinstance(default, str) or default not in manifest["models"]:  # the keys are str (JSON)
         raise ModelError(
             f"the model manifest {models_dir() / MANIFEST_NAME} names default {default!r}, which it does not "
             f"list; {REINSTALL}"
@@ -212,10 +215,10 @@ def read_verified(spec: ModelSpec) -> bytes:
     return read_verified_file(spec.path, spec.sha256)
 
 
-def _is_name(model: object) -> bool:
+def _is_name(model: object) -> TypeGuard[str]:
     if not isinstance(model, str) or not model:
         return False
-    if model.lower().endswith(".onnx") or "/" in model or (os.altsep or "/") in model or os.sep in model:
+    if model.lower().endswith((".onnx", ".tflite")) or "/" in model or (os.altsep or "/") in model or os.sep in model:
         return False
     # A bare word is a bundled name unless the manifest lacks it and a file of that name exists.
     return model in _safe_names() or not Path(model).is_file()

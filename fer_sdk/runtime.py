@@ -6,15 +6,16 @@ error that follows names the extra to install.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME
+from .constants import METADATA_KEY
 from .errors import DependencyError, InvalidInputError, ModelError, positive_int
+from .metadata import EXPORT_HINT as _EXPORT_HINT
+from .metadata import ModelMetadata
 
 logger = logging.getLogger("fer_sdk")
 
@@ -26,8 +27,6 @@ TENSORRT = "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 
 _INSTALL_HINT = 'pip install "fer-sdk[cpu]" (or "fer-sdk[gpu]" for CUDA)'
-_EXPORT_HINT = "export it with `fer-sdk export` or pass a model this project exported"
-_MAX_METADATA_CHARS = 1_000_000  # this project's models carry a few kB
 
 
 def import_onnxruntime():
@@ -204,70 +203,38 @@ def session_source(session: Any) -> str:
     return str(path) if path else "<injected session>"
 
 
-def read_metadata(session: Any, source: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Parse and check ``metadata_props["fer_sdk"]`` of a session (see docs/CONTRACTS.md)."""
+def read_metadata(session: Any, source: str | os.PathLike | None = None) -> ModelMetadata:
+    """Parse and check ``metadata_props["fer_sdk"]`` of a session against the graph (see docs/CONTRACTS.md)."""
     name = str(source) if source is not None else session_source(session)
-    props = session.get_modelmeta().custom_metadata_map
-    raw = props.get(METADATA_KEY)
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if raw is None:
         raise ModelError(f"{name} has no fer-sdk metadata; {_EXPORT_HINT}")
-    if len(raw) > _MAX_METADATA_CHARS:
-        raise ModelError(
-            f"{name}: fer-sdk metadata is {len(raw):,} characters, over {_MAX_METADATA_CHARS:,}; {_EXPORT_HINT}"
-        )
-    try:
-        meta = json.loads(raw)
-    except (ValueError, RecursionError) as err:  # bad JSON, integers of 4,300+ digits, nesting thousands deep
-        raise ModelError(f"{name} has unreadable fer-sdk metadata ({type(err).__name__}); {_EXPORT_HINT}") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{name}: fer-sdk metadata is {type(meta).__name__}, not an object; {_EXPORT_HINT}")
-    fmt = meta.get("format")
-    if isinstance(fmt, bool) or not isinstance(fmt, int):
-        raise ModelError(f"{name}: fer-sdk metadata format {fmt!r} is not an integer; {_EXPORT_HINT}")
-    if fmt > METADATA_FORMAT:
-        raise ModelError(
-            f"{name}: fer-sdk metadata format {fmt!r} is not supported by this version (reads up to "
-            f"{METADATA_FORMAT}); upgrade fer-sdk (pip install -U fer-sdk) or re-export the model"
-        )
-    labels = meta.get("labels")
-    if not isinstance(labels, list) or len(labels) != len(EMOTIONS) or not all(isinstance(x, str) for x in labels):
-        raise ModelError(f"{name}: metadata labels {labels!r} must list {len(EMOTIONS)} emotion names; {_EXPORT_HINT}")
-    spec_in = meta.get("input")
-    spec_out = meta.get("output")
-    if not isinstance(spec_in, dict) or not isinstance(spec_out, dict):
-        raise ModelError(f"{name}: fer-sdk metadata lacks its 'input'/'output' sections; {_EXPORT_HINT}")
-    try:
-        _check_io(session, meta, name)
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # "height": "x", Infinity, a list...
-        raise ModelError(f"{name}: malformed fer-sdk metadata ({exc}); {_EXPORT_HINT}") from None
+    meta = ModelMetadata.from_json(raw, name)
+    _check_io(session, meta, name)
     return meta
 
 
-def _check_io(session: Any, meta: dict[str, Any], name: str) -> None:
-    spec_in, spec_out = meta["input"], meta["output"]
-    in_name = spec_in.get("name", INPUT_NAME)
-    out_name = spec_out.get("name", OUTPUT_NAME)
+def _check_io(session: Any, meta: ModelMetadata, name: str) -> None:
+    spec_in, spec_out = meta.input, meta.output
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    if in_name not in inputs:
-        raise ModelError(f"{name}: metadata names input {in_name!r} but the graph has {sorted(inputs)}; {_EXPORT_HINT}")
-    if out_name not in outputs:
+    if spec_in.name not in inputs:
         raise ModelError(
-            f"{name}: metadata names output {out_name!r} but the graph has {sorted(outputs)}; {_EXPORT_HINT}"
+            f"{name}: metadata names input {spec_in.name!r} but the graph has {sorted(inputs)}; {_EXPORT_HINT}"
         )
-    expected = [
-        int(spec_in.get("height", INPUT_SIZE[0])),
-        int(spec_in.get("width", INPUT_SIZE[1])),
-        int(spec_in.get("channels", 1)),
-    ]
-    shape = list(inputs[in_name].shape)
-    if len(shape) != 4 or [d for d in shape[1:]] != expected or inputs[in_name].type != "tensor(float)":
+    if spec_out.name not in outputs:
         raise ModelError(
-            f"{name}: input {in_name!r} is {inputs[in_name].type} {shape}, expected tensor(float) "
+            f"{name}: metadata names output {spec_out.name!r} but the graph has {sorted(outputs)}; {_EXPORT_HINT}"
+        )
+    expected = [spec_in.height, spec_in.width, spec_in.channels]
+    shape = list(inputs[spec_in.name].shape)
+    if len(shape) != 4 or list(shape[1:]) != expected or inputs[spec_in.name].type != "tensor(float)":
+        raise ModelError(
+            f"{name}: input {spec_in.name!r} is {inputs[spec_in.name].type} {shape}, expected tensor(float) "
             f"[N, {expected[0]}, {expected[1]}, {expected[2]}] as the metadata says; {_EXPORT_HINT}"
         )
-    out_shape = list(outputs[out_name].shape)
-    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(meta["labels"])):
+    out_shape = list(outputs[spec_out.name].shape)
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(meta.labels)):
         raise ModelError(
-            f"{name}: output {out_name!r} has shape {out_shape}, expected [N, {len(meta['labels'])}]; {_EXPORT_HINT}"
+            f"{name}: output {spec_out.name!r} has shape {out_shape}, expected [N, {len(meta.labels)}]; {_EXPORT_HINT}"
         )

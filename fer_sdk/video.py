@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from .errors import FerSdkError, InvalidImageError, InvalidInputError
 from .io import atomic_path
 from .photos import annotate_image, reserved_paths, unique_path
 from .rows import face_row
+
+if TYPE_CHECKING:
+    from .classifier import Face
 
 FRAMES_PER_CHUNK = 32
 #: Frame rate assumed for a video whose file states none (annotated copies, smoothing windows, track expiry).
@@ -64,10 +68,10 @@ class FaceTracker:
 
     def __init__(self, timeout_s: float = TRACK_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
-        self._tracks: dict[int, tuple[float, object]] = {}  # id -> (last time seen, last face)
+        self._tracks: dict[int, tuple[float, Face]] = {}  # id -> (last time seen, last face)
         self._next = 0
 
-    def update(self, t: float, faces: list) -> list[int]:
+    def update(self, t: float, faces: list[Face]) -> list[int]:
         self._tracks = {k: v for k, v in self._tracks.items() if t - v[0] <= self.timeout_s}
         ids: list[int | None] = [None] * len(faces)
         free = set(self._tracks)
@@ -89,12 +93,15 @@ class FaceTracker:
             if dist < 0.5 and k in free and ids[i] is None:
                 ids[i] = k
                 free.discard(k)
+        out: list[int] = []
         for i, face in enumerate(faces):
-            if ids[i] is None:
-                ids[i] = self._next
+            track = ids[i]
+            if track is None:
+                track = self._next
                 self._next += 1
-            self._tracks[ids[i]] = (t, face)
-        return [int(i) for i in ids]  # type: ignore[arg-type]
+            self._tracks[track] = (t, face)
+            out.append(track)
+        return out
 
 
 class Smoother:
@@ -251,7 +258,8 @@ def iter_video_faces(
         chunk = _frames_per_chunk(cap)
         index = 0
         while True:
-            frames, numbers = [], []
+            frames: list[np.ndarray] = []
+            numbers: list[int] = []
             while len(frames) < chunk:
                 ok, frame = cap.read()
                 if not ok:
@@ -344,7 +352,7 @@ def video_rows(
             )
             tmp = stack.enter_context(atomic_path(target))
             step = frame_step(native, every, fps)
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), max(native / step, 1.0), size)
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), max(native / step, 1.0), size)
             stack.callback(writer.release)
             if not writer.isOpened():
                 raise FerSdkError(
@@ -380,7 +388,7 @@ def make_test_video(
     """Write a short MP4 that shows each image for ``frames_per_image`` frames (used by tests and demos)."""
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise FerSdkError(f"OpenCV cannot write {path}; this OpenCV build lacks an MP4 encoder")
     try:

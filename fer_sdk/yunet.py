@@ -42,7 +42,8 @@ _FIX = (
 
 
 def _unit(name: str, value: Any, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
+    # `value < 0 or not value <= 1`: the comparisons numbers.Real declares; `not <=` rejects NaN too
+    if isinstance(value, bool) or not isinstance(value, Real) or value < 0 or not value <= 1:
         raise InvalidInputError(f"{owner}: {name}={value!r} must be a number in [0, 1] (e.g. {name}=0.6).")
     return float(value)
 

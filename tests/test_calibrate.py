@@ -69,7 +69,7 @@ def test_calibrate_model_folds_the_temperature_into_the_graph(make_onnx, tmp_pat
     np.testing.assert_allclose(after.sum(1), 1.0, atol=1e-5)
     assert (after.argmax(1) == before.argmax(1)).all()  # accuracy cannot change
     assert calibration_report(test_y, after)["ece"] == pytest.approx(block["ece_after"], abs=2e-3)
-    assert onnx_metadata(tmp_path / "calibrated.onnx")["calibration"]["fitted_on"] == "synthetic"
+    assert onnx_metadata(tmp_path / "calibrated.onnx").calibration["fitted_on"] == "synthetic"
 
     with pytest.raises(Exception, match="already calibrated"):
         calibrate_model(

@@ -124,7 +124,7 @@ def test_metadata_matches_contract(exported, run):
     from fer_sdk.constants import EMOTIONS
 
     model = onnx.load(str(exported["path"]))
-    meta = onnx_metadata(model)
+    meta = onnx_metadata(model).to_dict()
     run_metrics = json.loads((run / "metrics.json").read_text())
     public = run_metrics["splits"]["PublicTest"]
     assert meta["format"] == 1
@@ -277,9 +277,13 @@ def test_int8_probabilities_and_agreement(quantized, exported, data):
 def test_int8_metadata(quantized, exported):
     from fer_sdk.export.convert import onnx_metadata
 
-    meta8, meta32 = onnx_metadata(quantized["path"]), onnx_metadata(exported["path"])
+    meta8, meta32 = onnx_metadata(quantized["path"]).to_dict(), onnx_metadata(exported["path"]).to_dict()
     q = meta8.pop("quantization")
     assert meta8.pop("precision") == "int8" and meta32.pop("precision") == "fp32"
+    # each file records its own accuracy: the INT8 one as measured on the evaluation faces (not the fp32 model's)
+    evaluation = quantized["report"]["evaluation"]
+    assert meta8.pop("metrics") == {"PublicTest": {"accuracy": evaluation["int8_accuracy"], "n": evaluation["faces"]}}
+    meta32.pop("metrics")  # the fp32 file keeps its Keras evaluation
     assert meta8 == meta32
     assert q["format"] == "QDQ" and q["per_channel"] is True
     assert (q["activation_type"], q["weight_type"], q["calibration_method"]) == ("uint8", "int8", "minmax")

@@ -136,7 +136,7 @@ def test_create_session_runs_and_logs_provider(tiny_models, caplog):
 
 def test_session_from_bytes(tiny_models):
     session = runtime.create_session(tiny_models.fp32.read_bytes())
-    assert runtime.read_metadata(session, "bytes")["labels"] == list(EMOTIONS)
+    assert runtime.read_metadata(session, "bytes").labels == EMOTIONS
 
 
 def test_cuda_fallback_is_reported(tiny_models, available, caplog):
@@ -194,9 +194,9 @@ def test_garbage_and_truncated_files(tiny_models, tmp_path):
 
 def test_read_metadata_of_an_export(tiny_models):
     meta = runtime.read_metadata(runtime.create_session(tiny_models.fp32))
-    assert meta["format"] == 1 and meta["labels"] == list(EMOTIONS)
-    assert meta["input"]["name"] == "faces" and meta["output"]["name"] == "probabilities"
-    assert meta["precision"] == "fp32" and meta["architecture"] == "shallow"
+    assert meta.format == 1 and meta.labels == EMOTIONS
+    assert meta.input.name == "faces" and meta.output.name == "probabilities"
+    assert meta.precision == "fp32" and meta.architecture == "shallow"
 
 
 def test_model_without_metadata(make_onnx, tmp_path):

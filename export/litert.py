@@ -1,0 +1,143 @@
+"""Keras network -> LiteRT (TFLite) files with the project's metadata inside: float32 and full-integer INT8.
+
+* float32: the whole network, ``faces`` float32 (N, 48, 48, 1) in [0, 1] -> ``probabilities`` (softmax).
+* INT8 (full integer, what microcontrollers and phone NPUs want): every op int8; the input is uint8 with
+  scale 1/255 and zero point 0 (so a pixel goes in as itself), the output is the int8 *logits* of the last
+  dense layer, and the reader applies a float softmax (metadata ``output.kind = "logits"``): an int8 softmax
+  would break row sums and ties (the ONNX INT8 models keep that head in float for the same reason).
+  Calibration uses the same Training faces as the ONNX INT8 model (``pipeline.calibration_pick``).
+
+The ``fer_sdk`` metadata (``fer_sdk.metadata.ModelMetadata``) goes into the flatbuffer's ``metadata`` table, so
+``fer_sdk.litert`` (and any TFLite reader) finds labels, input size, normalisation and framing in the file.
+Needs TensorFlow (the train extra); the runtime that reads the files does not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fer_sdk.constants import INPUT_NAME, INPUT_SIZE, METADATA_KEY
+from fer_sdk.errors import ModelError
+from fer_sdk.io import atomic_write_bytes
+from fer_sdk.metadata import ModelMetadata, OutputSpec
+
+LOGITS_NAME = "logits"
+
+
+def _converter(net, *, int8: bool, calibration_faces: np.ndarray | None):
+    import keras
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *INPUT_SIZE, 1], tf.float32, name=INPUT_NAME)
+    if int8:
+        head = net.get_layer("probabilities")
+        features = keras.Model(net.inputs, head.input)
+        kernel, bias = (tf.constant(w) for w in head.get_weights())
+
+        @tf.function(input_signature=[spec])
+        def run(faces):
+            return {LOGITS_NAME: tf.matmul(features(faces, training=False), kernel) + bias}
+    else:
+
+        @tf.function(input_signature=[spec])
+        def run(faces):
+            return {"probabilities": net(faces, training=False)}
+
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    # weights frozen into constants: Keras 3 variables would otherwise become READ_VARIABLE ops that nothing
+    # initialises in the interpreter (NaN or a failed invoke)
+    frozen = convert_variables_to_constants_v2(run.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    if int8:
+        if calibration_faces is None:
+            raise ModelError("an INT8 LiteRT model needs calibration_faces (FER2013 Training faces)")
+        x = (np.asarray(calibration_faces, np.float32) / 255.0)[..., None]
+
+        def representative():
+            for i in range(len(x)):
+                yield [x[i : i + 1]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.int8
+    return converter
+
+
+def embed_metadata(tflite: bytes, meta: ModelMetadata) -> bytes:
+    """``tflite`` with ``meta`` as its ``fer_sdk`` metadata entry (replacing an earlier one)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_KEY, METADATA_KEY.encode())]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(meta.to_json().encode("utf-8"), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def export_tflite(
+    net,
+    out: str | os.PathLike,
+    *,
+    metadata: ModelMetadata,
+    int8: bool = False,
+    calibration_faces: np.ndarray | None = None,
+    parity_faces: np.ndarray | None = None,
+    reference=None,
+    log=print,
+) -> dict:
+    """Convert the Keras ``net`` to ``out`` (float32, or full-integer INT8 with ``int8=True``), embed
+    ``metadata`` (precision, output kind and a ``quantization`` block are set here) and check the file with
+    ``fer_sdk.litert`` against ``reference`` (a ``Classifier``, usually the fp32 ONNX twin) on
+    ``parity_faces``: the argmax agreement goes into the report. Written atomically; returns a report."""
+    from fer_sdk.classifier import Classifier
+    from fer_sdk.litert import LiteRTSession
+
+    out = Path(out)
+    converter = _converter(net, int8=int8, calibration_faces=calibration_faces)
+    try:
+        flat = converter.convert()
+    except Exception as exc:  # noqa: BLE001 - the converter raises its own ConverterError and plain Exceptions
+        raise ModelError(f"TensorFlow's LiteRT converter failed for {out.name}: {exc}") from None
+    if int8:
+        meta = metadata.replace(
+            precision="int8",
+            output=OutputSpec(name=LOGITS_NAME, kind="logits"),
+            metrics={},
+            quantization={
+                "format": "tflite-full-integer",
+                "input_type": "uint8",
+                "output_type": "int8 logits (float softmax in the reader)",
+                "calibration_faces": len(calibration_faces) if calibration_faces is not None else 0,
+            },
+        )
+    else:
+        meta = metadata.replace(precision="fp32", metrics={}, quantization=None)
+    data = embed_metadata(flat, meta)
+    report: dict = {"path": str(out), "precision": meta.precision, "size_bytes": len(data)}
+    if parity_faces is not None and reference is not None:
+        mine = Classifier(session=LiteRTSession(data, source=out.name), model=out.name).predict_proba(parity_faces)
+        theirs = reference.predict_proba(parity_faces)
+        report["parity"] = {
+            "faces": len(parity_faces),
+            "argmax_agreement": float((mine.argmax(1) == theirs.argmax(1)).mean()),
+            "max_abs_prob_diff": float(np.abs(mine - theirs).max()),
+        }
+        log(
+            f"{out.name}: argmax agreement with {reference.model_name} {report['parity']['argmax_agreement']:.2%} "
+            f"on {len(parity_faces)} faces, max |p diff| {report['parity']['max_abs_prob_diff']:.3f}"
+        )
+    atomic_write_bytes(out, data)
+    log(f"wrote {out} ({len(data) / 1e6:.2f} MB, {meta.precision})")
+    return report

@@ -1,0 +1,61 @@
+"""docs/CONTRACTS.md against the typed model contract (fer_sdk.metadata): every field documented, the example
+valid, and what the factory writes is what the runtime reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fer_sdk.errors import ModelError
+from fer_sdk.metadata import InputSpec, ModelMetadata, OutputSpec
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "CONTRACTS.md"
+
+
+def _example() -> dict:
+    text = DOC.read_text()
+    block = re.search(r"## ONNX files this project exports\n.*?```json\n(.*?)```", text, re.S).group(1)
+    return json.loads(block)
+
+
+def test_the_documented_example_is_a_valid_model_metadata():
+    example = _example()
+    meta = ModelMetadata.from_dict(example, "CONTRACTS.md")
+    assert meta.extra == {}  # every key of the example is a field of the contract
+    assert set(example["input"]) == {f.name for f in dataclasses.fields(InputSpec)}
+    assert set(example["output"]) == {f.name for f in dataclasses.fields(OutputSpec)}
+    assert meta.input == InputSpec() and meta.output == OutputSpec()  # the defaults are the documented values
+
+
+def test_every_field_is_documented():
+    text = DOC.read_text()
+    for field in dataclasses.fields(ModelMetadata):
+        if field.name != "extra":
+            assert f'"{field.name}"' in text, field.name
+    assert "ModelMetadata.extra" in text
+
+
+def test_round_trip_keeps_unknown_keys_and_refuses_unknown_input_keys():
+    example = _example()
+    meta = ModelMetadata.from_dict({**example, "added_later": {"x": 1}}, "m")
+    assert meta.extra == {"added_later": {"x": 1}}
+    assert json.loads(meta.to_json()) == {**example, "added_later": {"x": 1}}
+    with pytest.raises(ModelError, match=r"'input' has keys \['mean'\]"):
+        ModelMetadata.from_dict({**example, "input": {**example["input"], "mean": 0.5}}, "m")
+    with pytest.raises(ModelError, match="input.height 'x' is not a positive size"):
+        ModelMetadata.from_dict({**example, "input": {**example["input"], "height": "x"}}, "m")
+    with pytest.raises(ModelError, match="format 2 is not supported"):
+        ModelMetadata.from_dict({**example, "format": 2}, "m")
+
+
+def test_an_int8_copy_is_a_replace(tiny_models):
+    from fer_sdk.runtime import create_session, read_metadata
+
+    meta = read_metadata(create_session(tiny_models.fp32), "tiny")
+    int8 = meta.replace(precision="int8", quantization={"format": "QDQ"}, metrics={})
+    assert int8.to_dict()["quantization"] == {"format": "QDQ"} and int8.input == meta.input
+    assert "quantization" not in meta.to_dict()
