@@ -64,7 +64,13 @@ def resolve_models(models: list[str | os.PathLike] | None) -> list[BenchModel]:
             path, spec = registry.resolve_model(item)
         except ModelError as err:
             raise ModelError(f"{err}; {_WHAT_TO_PASS}") from err
-        meta = read_metadata(create_session(path), str(path))
+        if path.suffix.lower() == ".tflite":  # a LiteRT file: its metadata is in the flatbuffer
+            from fer_sdk.litert import LiteRTSession
+
+            session = LiteRTSession(path)
+        else:
+            session = create_session(path)
+        meta = read_metadata(session, str(path))
         name = spec.name if spec else path.stem
         if name in seen:  # two files with one stem: keep both, distinguishable
             name = f"{name}@{path.parent.name}"
