@@ -82,6 +82,17 @@ def run_predict(
     from .classifier import Classifier
 
     check_format(fmt)
+    # what configures the Classifier, the same here and on every Ray actor
+    options = {
+        "providers": providers,
+        "batch_size": batch_size,
+        "detector": detector,
+        "min_score": min_score,
+        "min_face": min_face,
+        "align": align,
+        "face_margin": face_margin,
+        "flip_tta": flip_tta,
+    }
     if ray is not None:
         if annotate is not None:
             raise InvalidInputError("--annotate does not work with --ray (results go to Parquet); drop one of them")
@@ -91,21 +102,7 @@ def run_predict(
             raise InvalidInputError("--save-crops does not work with --ray (results go to Parquet); drop one of them")
         from .ray_batch import run_ray_predict
 
-        run = run_ray_predict(
-            paths,
-            address=ray,
-            model=model,
-            batch_size=batch_size,
-            output=output,
-            fmt=fmt,
-            providers=providers,
-            detector=detector,
-            min_score=min_score,
-            min_face=min_face,
-            align=align,
-            face_margin=face_margin,
-            flip_tta=flip_tta,
-        )
+        run = run_ray_predict(paths, address=ray, model=model, output=output, fmt=fmt, **options)
         for message in run.errors[:ERRORS_SHOWN]:
             print(f"fer-sdk: error: {message}", file=sys.stderr)
         more = f" (first {ERRORS_SHOWN} shown above)" if len(run.errors) > ERRORS_SHOWN else ""
@@ -140,18 +137,7 @@ def run_predict(
         raise InvalidInputError("--save-crops saves the faces of photos; these inputs are videos: drop it")
     if (smooth is not None or summary is not None) and photos and not videos:
         raise InvalidInputError("--smooth and --summary apply to videos; these inputs are photos: drop them")
-    clf = Classifier(
-        model,
-        providers=providers,
-        batch_size=batch_size,
-        detector=detector,
-        min_score=min_score,
-        min_face=min_face,
-        align=align,
-        face_margin=face_margin,
-        flip_tta=flip_tta,
-        max_pixels=max_pixels,
-    )
+    clf = Classifier(model, max_pixels=max_pixels, **options)
     roots = [Path(p) for p in paths if str(p) != STDIN and is_dir(Path(p))]
     # annotated copies never take an input's name, nor the results' or the summary's
     taken = reserved_paths(photos, videos, [p for p in (output, summary) if p is not None])
