@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fer_sdk.export.config import ARCHITECTURES  # not export.architectures: this process stays TF-free
 
+from fer_sdk.errors import TRAIN_EXTRA_HINT
 from fer_sdk.runtime import usable_cores
 
 from .catalog import BenchModel
@@ -184,7 +185,7 @@ def _plans(
         notes.append("Keras/TensorFlow was not timed (with_keras=False / --no-keras).")
         return plans
     if not tensorflow_installed():
-        notes.append('Keras/TensorFlow was not timed: TensorFlow is not installed (pip install "fer-sdk[train]").')
+        notes.append(f"Keras/TensorFlow was not timed: TensorFlow is not installed ({TRAIN_EXTRA_HINT}).")
         return plans
     keras_models = dict(keras_models or {})
     archs = [a for a in dict.fromkeys(m.architecture for m in models) if a in ARCHITECTURES]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_KEY, OUTPUT_NAME
-from fer_sdk.errors import DependencyError, FerSdkError, InvalidInputError, ModelError
+from fer_sdk.errors import TRAIN_EXTRA_HINT, DependencyError, FerSdkError, InvalidInputError, ModelError
 from fer_sdk.framing import FER2013
 from fer_sdk.io import atomic_write_bytes
 from fer_sdk.metadata import InputSpec, ModelMetadata, OutputSpec
@@ -43,7 +43,7 @@ DEFAULT_OPSET = 17
 SCALE = 1.0 / 255.0
 OFFSET = 0.0
 
-_TRAIN_EXTRA = 'pip install "fer-sdk[train]"'
+_TRAIN_EXTRA = TRAIN_EXTRA_HINT
 
 
 def require_modules(*names: str, needs: str, install: str) -> list:

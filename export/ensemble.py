@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
-from fer_sdk.errors import InvalidInputError, ModelError
+from fer_sdk.errors import TRAIN_EXTRA_HINT, InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes, check_output_file
 from fer_sdk.metadata import ModelMetadata
 from fer_sdk.registry import resolve_model
@@ -219,9 +219,7 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     ``InvalidInputError`` for bad members or weights and ``ModelError`` for members that cannot be merged
     or a merged graph that does not reproduce the members; nothing is written then.
     """
-    (onnx,) = require_modules(
-        "onnx", needs="building an ensemble needs onnx", install='pip install "fer-sdk[cpu,train]"'
-    )
+    (onnx,) = require_modules("onnx", needs="building an ensemble needs onnx", install=TRAIN_EXTRA_HINT)
     t_start = time.perf_counter()
     pairs = parse_members(members)
     out = check_output_file(out, option="out")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
-from fer_sdk.errors import InvalidInputError, ModelError
+from fer_sdk.errors import TRAIN_EXTRA_HINT, InvalidInputError, ModelError
 from fer_sdk.io import atomic_write_bytes
 from fer_sdk.progress import counter
 
@@ -56,7 +56,7 @@ def _require_ort_quantization():
         "onnx",
         "onnxruntime.quantization",
         needs="INT8 quantization needs onnx and onnxruntime",
-        install='pip install "fer-sdk[train]"',
+        install=TRAIN_EXTRA_HINT,
     )
 
 

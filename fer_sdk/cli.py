@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import DependencyError, FerSdkError, InvalidInputError
+from .errors import TRAIN_EXTRA_HINT, DependencyError, FerSdkError, InvalidInputError
 from .export.config import ARCHITECTURES, AUGMENT_LEVELS, CLASS_WEIGHTINGS, OPTIMIZERS, PRECISIONS
 from .rows import FORMATS
 
@@ -815,7 +815,7 @@ def _require_train_extra() -> None:
             import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise DependencyError(
-            f'training and export need the train extra ({exc.name} is missing): pip install "fer-sdk[cpu,train]"'
+            f"training and export need the train extra ({exc.name} is missing): {TRAIN_EXTRA_HINT}"
         ) from None
     from .runtime import import_onnxruntime
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 from numbers import Integral
 from typing import Any, overload
 
+#: The one install hint for everything that needs TensorFlow (training, export, INT8 calibration, LiteRT export);
+#: export also runs ONNX Runtime, hence cpu.
+TRAIN_EXTRA_HINT = 'pip install "fer-sdk[cpu,train]"'
+
 
 class FerSdkError(Exception):
     """Base of every error the SDK raises on purpose."""
