@@ -129,6 +129,7 @@ def calibrate_model(
 
     from fer_sdk import Classifier
     from fer_sdk.io import atomic_write_bytes
+    from fer_sdk.runtime import create_session
 
     from .convert import checked_bytes, onnx_metadata, set_metadata
 
@@ -158,13 +159,14 @@ def calibrate_model(
     }
     calibrated = fold_temperature(model, temperature)
     set_metadata(calibrated, meta.replace(calibration=block))
-    atomic_write_bytes(dst, checked_bytes(calibrated, str(dst)))
-    check = Classifier(dst).predict_proba(ex[:256])
+    data = checked_bytes(calibrated, str(dst))
+    # checked in memory first: a failure leaves an earlier file at dst as it was
+    check = Classifier(session=create_session(data), model=dst.name).predict_proba(ex[:256])
     expected = apply_temperature(before[:256], temperature)
     if not np.allclose(check, expected, atol=2e-3):
-        dst.unlink()
         raise ModelError(
             f"{dst}: the folded graph does not reproduce the temperature (max diff "
             f"{np.abs(check - expected).max():.4f}); nothing written"
         )
+    atomic_write_bytes(dst, data)
     return block

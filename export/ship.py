@@ -513,8 +513,11 @@ def ship_litert(
     listed in the manifest as ``ARCH-int8-litert``."""
     from fer_sdk.classifier import Classifier
     from fer_sdk.data import load_split
+    from fer_sdk.io import atomic_write_bytes
+    from fer_sdk.litert import read_tflite_metadata
+    from fer_sdk.metadata import ModelMetadata
 
-    from .litert import export_tflite
+    from .litert import embed_metadata, export_tflite
     from .pipeline import DEFAULT_CALIBRATION_FACES, calibration_pick
     from .recover import recover_network
 
@@ -533,9 +536,10 @@ def ship_litert(
         log(f"{arch}: Keras network rebuilt from {fp32_path.name} (max |diff| {diff:.1e})")
         reference = Classifier(fp32_path)
         out = models_dir / f"{arch}-int8.tflite"
+        staged = models_dir / f".{arch}-int8.staged.tflite"  # checked first: a failed gate leaves `out` alone
         report = export_tflite(
             net,
-            out,
+            staged,
             metadata=reference.model_metadata,
             int8=True,
             calibration_faces=calibration_faces,
@@ -543,12 +547,12 @@ def ship_litert(
             reference=reference,
             log=log,
         )
-        mine = Classifier(out).predict_proba(public[0]).argmax(1)
+        mine = Classifier(staged).predict_proba(public[0]).argmax(1)
         twin = Classifier(models_dir / f"{arch}-int8.onnx").predict_proba(public[0]).argmax(1)
         accuracy, twin_accuracy = float((mine == public[1]).mean()), float((twin == public[1]).mean())
         agreement = report["parity"]["argmax_agreement"]
         if agreement < LITERT_MIN_AGREEMENT or 100 * (twin_accuracy - accuracy) > LITERT_MAX_ACCURACY_DROP:
-            out.unlink()
+            staged.unlink()
             raise ModelError(
                 f"{out.name}: argmax agreement {agreement:.2%} with {arch} (needs >= {LITERT_MIN_AGREEMENT:.1%}) "
                 f"and accuracy {100 * accuracy:.2f} % against {100 * twin_accuracy:.2f} % for {arch}-int8.onnx "
@@ -562,7 +566,13 @@ def ship_litert(
             "onnx_int8_twin_accuracy": twin_accuracy,
             "calibration_faces": len(calibration_faces),
             "calibration_seed": seed,
+            "command": f"fer-sdk models ship --into fer_sdk/models --litert {arch} --data fer2013.csv.gz",
         }
+        # the file records its own accuracy, as the ONNX INT8 files do; then it takes its place
+        meta = ModelMetadata.from_json(read_tflite_metadata(staged.read_bytes()) or "", staged.name)
+        meta = meta.replace(metrics={"PublicTest": {"accuracy": accuracy, "n": len(public[1])}})
+        atomic_write_bytes(out, embed_metadata(staged.read_bytes(), meta))
+        staged.unlink()
         extra = {
             "architecture": old["architecture"],
             "parameters": old["parameters"],

@@ -179,7 +179,14 @@ class Classifier:
             if model is None:
                 model = registry.default_model_name()
             if backend == "litert" and registry._is_name(model) and not model.endswith(LITERT_SUFFIX):
-                model = model + LITERT_SUFFIX  # deep-int8 -> deep-int8-litert, the bundled .tflite twin
+                twin = model + LITERT_SUFFIX  # deep-int8 -> deep-int8-litert, the bundled .tflite twin
+                if twin not in registry.model_names():
+                    lite = [n for n in registry.model_names() if n.endswith(LITERT_SUFFIX)]
+                    raise InvalidInputError(
+                        f"{model!r} has no bundled LiteRT twin; with backend='litert' pass one of {lite} or a .tflite "
+                        "file (or drop backend= to run it on ONNX Runtime)"
+                    )
+                model = twin
             path, self._spec = registry.resolve_model(model, verify=False)
             self._model_path: Path | None = path
             self._name = self._spec.name if self._spec else path.name
@@ -188,6 +195,10 @@ class Classifier:
             litert = (self._spec.backend == "litert") if self._spec else path.suffix.lower() == ".tflite"
             if backend == "onnxruntime" and litert:
                 raise InvalidInputError(f"{self._name} is a LiteRT (.tflite) model; drop backend='onnxruntime'")
+            if backend == "litert" and not litert:
+                raise InvalidInputError(
+                    f"{self._name} is an ONNX model, which LiteRT cannot run; pass a .tflite file or drop backend="
+                )
             if litert:
                 if providers not in (None, "auto", "cpu", ["cpu"], ["CPUExecutionProvider"]):
                     raise InvalidInputError(
@@ -201,6 +212,11 @@ class Classifier:
                 self._session = create_session(source_data, providers, self._threads)
             source = str(path)
         else:
+            if backend is not None:
+                raise InvalidInputError(
+                    f"backend={backend!r} chooses how the Classifier loads a model; with session= the session is "
+                    "yours: drop backend="
+                )
             if providers is not None or threads is not None:
                 raise InvalidInputError(
                     "providers= and threads= configure a session the Classifier creates; with session= set them "

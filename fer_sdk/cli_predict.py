@@ -176,9 +176,9 @@ def run_predict(
             clf, photos, keep_images=annotate is not None or save_crops is not None, progress=lambda: bar.advance(task)
         ):
             if save_crops is not None and result.error is None:
-                write_crops(result, clf, save_crops, taken, roots)
+                _per_photo(result, "face crops'", lambda r=result: write_crops(r, clf, save_crops, taken, roots))
             if annotate is not None and result.error is None:
-                _annotate(result, annotate, taken, roots)
+                _per_photo(result, "annotated copy's", lambda r=result: _set_annotated(r, annotate, taken, roots))
             result.image = None
             if result.error is not None:
                 codes.append(result.error_code)
@@ -222,14 +222,19 @@ def run_predict(
     return dataclasses.replace(outcome, summary=line)
 
 
-def _annotate(result, folder: Path, taken: set[Path], roots) -> None:
+def _set_annotated(result, folder: Path, taken: set[Path], roots) -> None:
+    result.annotated = str(write_annotated(result, folder, taken, roots))
+
+
+def _per_photo(result, what: str, write) -> None:
+    """Run ``write`` for one photo's extra output; a name too long for the file system is that photo's error
+    only (a full disk or a permission is the run's: it stops)."""
     try:
-        result.annotated = str(write_annotated(result, folder, taken, roots))
-    except OSError as exc:  # a name too long for this file system is this photo's problem only;
-        if exc.errno != errno.ENAMETOOLONG:  # a full disk or a permission is the run's: it stops
+        write()
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
             raise
         result.error = (
-            f"{result.source}: the annotated copy's name is too long for the file system "
-            f"({exc.strerror}); rename the photo"
+            f"{result.source}: the {what} name is too long for the file system ({exc.strerror}); rename the photo"
         )
         result.error_code = FerSdkError.exit_code

@@ -6,7 +6,8 @@ A ``.tflite`` file exported by this project carries the same ``fer_sdk`` metadat
 package is needed. :class:`LiteRTSession` runs the file with ``ai-edge-litert`` (XNNPACK on CPU) and looks like
 an ``onnxruntime.InferenceSession`` to the ``Classifier`` (``run``, ``get_inputs``, ``get_outputs``,
 ``get_providers``, ``get_modelmeta``): integer inputs and outputs are (de)quantized with the file's own
-parameters, and a ``logits`` output is turned into probabilities.
+parameters. A ``logits`` output (metadata ``output.kind``) stays logits here; the ``Classifier`` applies the
+softmax.
 
     pip install "fer-sdk[litert]"
     Classifier("deep-int8.tflite")      # or Classifier("deep-int8", backend="litert")
@@ -30,6 +31,8 @@ PROVIDER = "LiteRT (XNNPACK)"
 _INSTALL_HINT = 'pip install "fer-sdk[litert]" (ai-edge-litert)'
 #: The flatbuffer file identifier of TFLite models (bytes 4-8).
 TFLITE_IDENTIFIER = b"TFL3"
+#: Metadata entries looked at before giving up (real files hold a handful; a crafted one could hold millions).
+MAX_METADATA_ENTRIES = 1000
 
 
 def import_litert():
@@ -92,9 +95,11 @@ def read_tflite_metadata(data: bytes, source: str = "model") -> str | None:
         model = r.target(0)
         buffers, n_buffers = r.vector(model, 4)
         entries, n_entries = r.vector(model, 6)
-        for i in range(n_entries):
+        key = METADATA_KEY.encode()
+        for i in range(min(n_entries, MAX_METADATA_ENTRIES)):
             entry = r.target(entries + 4 * i)
-            if r.string(entry, 0) != METADATA_KEY:
+            start, n = r.vector(entry, 0)  # the name: compared by length first, never decoded whole
+            if n != len(key) or data[start : start + n] != key:
                 continue
             pos = r.field(entry, 1)
             index = r.u32(pos) if pos is not None else 0
@@ -157,8 +162,14 @@ class LiteRTSession:
                 probe = self._interpreter()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{name} is not a loadable LiteRT model ({exc}); re-export it") from None
-        (self._in,) = probe.get_input_details()
-        (self._out,) = probe.get_output_details()
+        inputs, outputs = probe.get_input_details(), probe.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(
+                f"{name} has {len(inputs)} inputs and {len(outputs)} outputs; a fer-sdk model has one of each: "
+                "export it with this project (fer-sdk models ship --litert)"
+            )
+        (self._in,) = inputs
+        (self._out,) = outputs
         # the contract's names (faces -> probabilities / logits), not the converter's serving_default_faces:0
         self._in_name, self._out_name = self._in["name"], self._out["name"]
         if raw is not None:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 
 _quiet = False
 
@@ -87,6 +88,14 @@ def native_stderr_to_file(enabled: bool):
     if not enabled:
         yield
         return
+    with _STDERR_LOCK:  # fd 2 is the process's: two threads redirecting at once would lose the real stderr
+        yield from _redirected()
+
+
+_STDERR_LOCK = threading.RLock()
+
+
+def _redirected():
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,126 @@ def test_bundled_litert_model_analyzes_photos_like_its_onnx_twin(samples_dir):
     photo = load_image(samples_dir / "two_faces.jpg")
     lite, twin = Classifier(spec.name).analyze(photo), Classifier(spec.name.removesuffix("-litert")).analyze(photo)
     assert [f.box for f in lite] == [f.box for f in twin] and [f.emotion for f in lite] == [f.emotion for f in twin]
+
+
+def _crafted_metadata_table(entries: int, name_bytes: int) -> bytes:
+    """A hand-built TFLite flatbuffer whose ``entries`` metadata entries all point at one ``name_bytes`` name
+    (not "fer_sdk"): the worst case for a reader that decodes every name."""
+    import struct
+
+    K, L = entries, name_bytes
+    # header: root offset + "TFL3"
+    buf = bytearray(8)
+    # vtable for model: size, tablesize, 7 fields (0..6)
+    vt_model = len(buf)
+    nfields = 7
+    vt = struct.pack("<HH", 4 + 2 * nfields, 12) + struct.pack("<" + "H" * nfields, 0, 0, 0, 0, 4, 0, 8)
+    buf += vt
+    while len(buf) % 4:
+        buf += b"\0"
+    model = len(buf)
+    buf += struct.pack("<i", model - vt_model)  # soffset: vtable = table - soffset
+    buf += b"\0" * 8  # field 4 at +4, field 6 at +8 (filled later)
+    # buffers vector: empty
+    bufvec = len(buf)
+    buf += struct.pack("<I", 0)
+    # metadata vector
+    mvec = len(buf)
+    buf += struct.pack("<I", K)
+    elems = len(buf)
+    buf += b"\0" * (4 * K)
+    # entry vtable and table
+    vt_e = len(buf)
+    buf += struct.pack("<HHHH", 8, 8, 4, 0)
+    entry = len(buf)
+    buf += struct.pack("<i", entry - vt_e)
+    buf += b"\0" * 4
+    s = len(buf)
+    buf += struct.pack("<I", L) + b"x" * L
+    struct.pack_into("<I", buf, entry + 4, s - (entry + 4))
+    for i in range(K):
+        p = elems + 4 * i
+        struct.pack_into("<I", buf, p, entry - p)
+    struct.pack_into("<I", buf, model + 4, bufvec - (model + 4))
+    struct.pack_into("<I", buf, model + 8, mvec - (model + 8))
+    struct.pack_into("<I", buf, 0, model)
+    buf[4:8] = b"TFL3"
+    return bytes(buf)
+
+
+def test_a_crafted_metadata_table_is_read_in_bounded_work(monkeypatch):
+    """4,000 entries naming one 400 kB string: the reader compares lengths (never decodes a name) and looks at
+    MAX_METADATA_ENTRIES entries at most (it used to decode every name: work grew with the file's square)."""
+    from fer_sdk import litert
+
+    data = _crafted_metadata_table(4000, 400_000)
+    visited = []
+    real_target = litert._Reader.target
+    monkeypatch.setattr(litert._Reader, "string", lambda *a: pytest.fail("a metadata name was decoded"))
+    monkeypatch.setattr(litert._Reader, "target", lambda self, pos: visited.append(pos) or real_target(self, pos))
+    assert litert.read_tflite_metadata(data) is None  # no fer_sdk entry among the entries looked at
+    assert len(visited) <= 2 * litert.MAX_METADATA_ENTRIES + 5  # an entry and its name per entry looked at
+
+
+def test_backend_choices_that_cannot_work_are_refused():
+    from fer_sdk import Classifier
+    from fer_sdk.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="no bundled LiteRT twin"):
+        Classifier("shallow", backend="litert")
+    with pytest.raises(InvalidInputError, match="LiteRT cannot run"):
+        Classifier(Classifier("deep-int8").model_path, backend="litert")
+
+
+@pytest.mark.train
+@pytest.mark.skipif(not FER_CSV.is_file(), reason="needs ../shared/data/fer2013")
+def test_ship_litert_gates_then_replaces_and_records_its_accuracy(tiny_models, models_dir, tmp_path, monkeypatch):
+    """A failed gate leaves the previous .tflite, the manifest and no staged file; a passing one writes the file
+    (its metadata holding its own accuracy), its card and a manifest entry with backend litert."""
+    import json
+    import shutil
+
+    from conftest import manifest_entry, write_manifest, write_small_fer_csv
+    from fer_sdk.export import ship
+
+    from fer_sdk.errors import ModelError
+    from fer_sdk.litert import read_tflite_metadata
+    from fer_sdk.metadata import ModelMetadata
+
+    data = write_small_fer_csv(tmp_path / "small.csv", 600, 300)
+    shutil.copy(tiny_models.fp32, models_dir / "shallow.onnx")
+    shutil.copy(tiny_models.fp32, models_dir / "shallow-int8.onnx")  # stands in for the ONNX INT8 twin
+    (models_dir / "cards").mkdir()
+    bundled_card = Path(__file__).resolve().parents[1] / "fer_sdk" / "models" / "cards" / "shallow.json"
+    training = json.loads(bundled_card.read_text())["training"]  # a real card's training record
+    (models_dir / "cards" / "tiny.json").write_text(
+        json.dumps({"architecture": "shallow", "parameters": 1234, "training": training})
+    )
+    fp32 = (models_dir / "shallow.onnx").read_bytes()
+    write_manifest(
+        models_dir,
+        {
+            "shallow": manifest_entry("shallow.onnx", fp32),
+            "shallow-int8": manifest_entry("shallow-int8.onnx", fp32, precision="int8"),
+        },
+    )
+    (models_dir / "shallow-int8.tflite").write_bytes(b"previous release")
+    before = (models_dir / "manifest.json").read_text()
+
+    monkeypatch.setattr(ship, "LITERT_MIN_AGREEMENT", 1.01)  # no file can pass
+    with pytest.raises(ModelError, match="not shipped"):
+        ship.ship_litert(["shallow"], data, models_dir=models_dir, log=lambda *_: None)
+    assert (models_dir / "shallow-int8.tflite").read_bytes() == b"previous release"
+    assert (models_dir / "manifest.json").read_text() == before
+    assert not list(models_dir.glob(".*staged*"))
+
+    monkeypatch.setattr(ship, "LITERT_MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(ship, "LITERT_MAX_ACCURACY_DROP", 100.0)
+    manifest = ship.ship_litert(["shallow"], data, models_dir=models_dir, log=lambda *_: None)
+    entry = manifest["models"]["shallow-int8-litert"]
+    assert entry["backend"] == "litert" and entry["file"] == "shallow-int8.tflite"
+    meta = ModelMetadata.from_json(read_tflite_metadata((models_dir / "shallow-int8.tflite").read_bytes()))
+    assert meta.metrics["PublicTest"]["accuracy"] == pytest.approx(entry["metrics"]["PublicTest"]["accuracy"])
+    card = json.loads((models_dir / "cards" / "shallow-int8-litert.json").read_text())
+    assert card["litert"]["command"].startswith("fer-sdk models ship --into fer_sdk/models --litert shallow")
+    assert not list(models_dir.glob(".*staged*"))
