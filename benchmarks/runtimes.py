@@ -126,6 +126,19 @@ def cuda_offered() -> bool:
     return CUDA in ort.get_available_providers()
 
 
+def _exported_labels(m: BenchModel, runtime: str, device: str, threads: int | None) -> dict:
+    """The labels of a plan timing an exported model file (ONNX or LiteRT)."""
+    return {
+        "runtime": runtime,
+        "model": m.name,
+        "architecture": m.architecture,
+        "precision": m.precision,
+        "device": device,
+        "threads": threads,
+        "weights": "exported",
+    }
+
+
 def _plans(
     models: list[BenchModel],
     settings: Settings,
@@ -144,15 +157,7 @@ def _plans(
                         name=f"litert-{m.name}-cpu-t{threads}",
                         spec={"kind": "litert", "path": str(m.path), "threads": threads},
                         apis=("interpreter.invoke",),
-                        labels={
-                            "runtime": "litert",
-                            "model": m.name,
-                            "architecture": m.architecture,
-                            "precision": m.precision,
-                            "device": "cpu",
-                            "threads": threads,
-                            "weights": "exported",
-                        },
+                        labels=_exported_labels(m, "litert", "cpu", threads),
                     )
                 )
             continue
@@ -170,15 +175,7 @@ def _plans(
                         "providers": providers,
                     },
                     apis=("session.run",),
-                    labels={
-                        "runtime": "onnxruntime",
-                        "model": m.name,
-                        "architecture": m.architecture,
-                        "precision": m.precision,
-                        "device": device,
-                        "threads": threads,
-                        "weights": "exported",
-                    },
+                    labels=_exported_labels(m, "onnxruntime", device, threads),
                 )
             )
     if not with_keras:

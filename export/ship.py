@@ -569,9 +569,10 @@ def ship_litert(
             "command": f"fer-sdk models ship --into fer_sdk/models --litert {arch} --data fer2013.csv.gz",
         }
         # the file records its own accuracy, as the ONNX INT8 files do; then it takes its place
-        meta = ModelMetadata.from_json(read_tflite_metadata(staged.read_bytes()) or "", staged.name)
+        flat = staged.read_bytes()
+        meta = ModelMetadata.from_json(read_tflite_metadata(flat) or "", staged.name)
         meta = meta.replace(metrics={"PublicTest": {"accuracy": accuracy, "n": len(public[1])}})
-        atomic_write_bytes(out, embed_metadata(staged.read_bytes(), meta))
+        atomic_write_bytes(out, embed_metadata(flat, meta))
         staged.unlink()
         extra = {
             "architecture": old["architecture"],
