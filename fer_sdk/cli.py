@@ -26,7 +26,7 @@ PARTIAL_FAILURE_EXIT = 8
 
 app = typer.Typer(
     name="fer-sdk",
-    help="Facial expression recognition on the edge: classify faces, evaluate, train, export, benchmark.",
+    help="Facial expression recognition on the edge: classify, evaluate, train, export, benchmark, run in a browser.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -800,6 +800,66 @@ def bench(
         )
         for p in paths:
             typer.echo(str(p))
+
+
+@app.command()
+def web(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Bundled ONNX model name or .onnx file (default: the default).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default: only this machine).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8765,
+    export_to: Annotated[
+        Path | None,
+        typer.Option("--export", help="Write the page, runtime and models into this new folder instead of serving."),
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+    measure: Annotated[
+        Path | None,
+        typer.Option(help="Measure the page in headless Chromium instead: browser.json + screenshot.png here."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="With --measure: warm re-runs of the photos.")] = 10,
+    chromium: Annotated[
+        str | None, typer.Option(help="With --measure: the Chromium executable (default: $FER_SDK_CHROMIUM, PATH).")
+    ] = None,
+    photos: Annotated[
+        list[Path] | None, typer.Argument(help="With --measure: photos to feed the page (default: the samples).")
+    ] = None,
+) -> None:
+    """Serve the in-browser page: photos or the webcam, detected and classified on the user's machine."""
+    with _errors():
+        from . import webapp
+
+        if measure is not None:
+            from .benchmarks.web import measure as measure_page
+            from .benchmarks.web import summary_line
+
+            report, path = measure_page(measure, photos, repeats=repeats, model=model, chromium=chromium)
+            _info(summary_line(report))
+            typer.echo(str(path))
+            return
+        if photos:
+            raise InvalidInputError("photos are only taken with --measure; open the page and choose them there")
+        if export_to is not None:
+            typer.echo(str(webapp.export_site(export_to, model)))
+            return
+        with webapp.serve(model, host=host, port=port) as server:
+            index = server.site.index
+            _info(
+                f"fer-sdk web: {index['classifier']['name']} + YuNet on onnxruntime-web "
+                f"{index['runtime']['onnxruntime_web']}; photos stay in the browser. Ctrl-C stops."
+            )
+            typer.echo(server.url)
+            if open_browser:
+                import webbrowser
+
+                webbrowser.open(server.url)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:  # the normal way to stop a server: exit 0
+                _info("fer-sdk web: stopped")
 
 
 def _require_train_extra() -> None:

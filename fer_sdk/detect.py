@@ -190,8 +190,8 @@ def detect_faces_batch(detector, images: list[np.ndarray]) -> list[list[Detectio
     return [detect_faces(detector, image) for image in images]
 
 
-def bundled_yunet(**options) -> YuNetDetector:
-    """The YuNet file shipped in ``models/detectors`` (sha256 checked on the bytes it loads from)."""
+def bundled_yunet_file() -> tuple[str, bytes]:
+    """``(file name, bytes)`` of the YuNet file shipped in ``models/detectors``, checked against its sha256."""
     import json
 
     try:
@@ -199,7 +199,12 @@ def bundled_yunet(**options) -> YuNetDetector:
         file, sha256 = str(entry["file"]), str(entry["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"the bundled face detector is missing or unreadable ({exc}); {REINSTALL}") from None
-    data = read_verified_file(DETECTORS_DIR / file, sha256, what="bundled face detector")
+    return file, read_verified_file(DETECTORS_DIR / file, sha256, what="bundled face detector")
+
+
+def bundled_yunet(**options) -> YuNetDetector:
+    """The bundled YuNet (sha256 checked on the very bytes it loads)."""
+    file, data = bundled_yunet_file()
     return YuNetDetector(data, name=f"yunet ({file})", **options)
 
 
