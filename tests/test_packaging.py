@@ -47,7 +47,17 @@ def test_wheel_ships_models_samples_and_namespaced_tooling(tmp_path):
         REPO,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "runs", "reports", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ".git",
+            ".venv",
+            "runs",
+            "reports",
+            ".cache",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            "node_modules",
         ),
     )
     before = sorted(p.name for p in REPO.iterdir())
@@ -80,7 +90,12 @@ def test_wheel_ships_models_samples_and_namespaced_tooling(tmp_path):
     assert "fer_sdk/models/manifest.json" in names or not list_models()
     assert {"fer_sdk/samples/astronaut.jpg", "fer_sdk/samples/SOURCES.md"} <= names
     assert {"fer_sdk/export/train.py", "fer_sdk/export/convert.py", "fer_sdk/benchmarks/run.py"} <= names
-    assert not any(n.startswith(("export/", "benchmarks/", "tests/")) for n in names)
+    assert not any(n.startswith(("export/", "benchmarks/", "tests/", "web/")) for n in names)
+    # the browser page and its vendored runtime (fer-sdk web), without the npm project or the JS tests
+    page = {f"fer_sdk/web/{n}" for n in ("index.html", "app.js", "fer.js", "style.css")}
+    vendor = json.loads((REPO / "web" / "vendor" / "manifest.json").read_text())["files"]
+    assert page | {f"fer_sdk/web/vendor/{n}" for n in vendor} | {"fer_sdk/web/vendor/manifest.json"} <= names
+    assert not any("node_modules" in n or n.startswith("fer_sdk/web/test") or n.endswith("package.json") for n in names)
 
 
 def test_malformed_metadata_is_a_model_error(make_onnx, tmp_path):
