@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fer_sdk.io import atomic_path
+from fer_sdk.files import atomic_path
 
 
 def _pyplot():

@@ -1,13 +1,12 @@
 """The README performance table, rendered from a bench.json.
 
-python -m fer_sdk.benchmarks.readme reports/bench/bench.json
+fer-sdk bench --table-from reports/bench/bench.json
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from .report import fmt, machine_line, mb, table, versions_line
@@ -103,22 +102,20 @@ def render_readme_table(bench_json: dict | str | os.PathLike) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m fer_sdk.benchmarks.readme reports/bench/bench.json", file=sys.stderr)
-        return 2
+def read_readme_table(path: str | os.PathLike) -> str:
+    """``render_readme_table`` of a bench.json file; a missing or foreign file is an ``InvalidInputError``."""
+    from ..errors import InvalidInputError
+
     try:
-        print(render_readme_table(argv[0]), end="")
-    except (OSError, json.JSONDecodeError, KeyError) as err:
-        print(
-            f"fer_sdk.benchmarks.readme: cannot render {argv[0]}: {type(err).__name__}: {err}; pass a bench.json "
-            "written by `fer-sdk bench`",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+        return render_readme_table(path)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InvalidInputError(
+            f"--table-from {path}: cannot render it ({type(err).__name__}: {err}); pass a bench.json written by "
+            "`fer-sdk bench`"
+        ) from None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # ``python -m fer_sdk.benchmarks.readme FILE`` is ``fer-sdk bench --table-from FILE``
+    from fer_sdk.cli import run_as
+
+    run_as(["bench", "--table-from"])

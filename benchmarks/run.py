@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fer_sdk.errors import DependencyError, FerSdkError, InvalidInputError, ModelError
-from fer_sdk.io import atomic_write_json, atomic_write_text, check_output_folder
+from fer_sdk.files import atomic_write_json, atomic_write_text, check_output_folder
 
 from .catalog import BenchModel, resolve_models
 from .machine import describe_machine

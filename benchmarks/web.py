@@ -122,7 +122,7 @@ def measure(
     ``out/browser.json`` (with the machine described) and ``out/screenshot.png``. Returns the report and the path."""
     from ..benchmarks.machine import describe_machine
     from ..errors import InvalidInputError
-    from ..io import atomic_write_json
+    from ..files import atomic_write_json
     from ..samples import sample_names, sample_path
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:

@@ -185,8 +185,8 @@ def update_cards(
     """Measure every bundled model and write its rows into its card (``photos_in_the_wild``), Markdown too."""
     from fer_sdk.export.ship import card_markdown
 
+    from fer_sdk.files import atomic_write_json, atomic_write_text
     from fer_sdk.framing import Framing
-    from fer_sdk.io import atomic_write_json, atomic_write_text
     from fer_sdk.registry import list_models, models_dir
 
     done = []
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data, model=args.model, peer=args.peer, limit=args.limit, log=lambda m: print(m, file=sys.stderr)
     )
     if args.json:
-        from fer_sdk.io import atomic_write_json
+        from fer_sdk.files import atomic_write_json
 
         atomic_write_json(args.json, report)
     print(markdown(report), end="")

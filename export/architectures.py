@@ -67,3 +67,24 @@ def build(arch: str, **kwargs) -> keras.Model:
     except KeyError:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}") from None
     return builder(**kwargs)
+
+
+def with_dtype_policy(net, policy: str):
+    """A copy of the functional ``net`` whose every layer has the Keras dtype ``policy``, holding ``net``'s
+    weights (mixed policies keep float32 variables, so switching between them copies weights exactly)."""
+    copy = keras.models.clone_model(
+        net, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+    )
+    copy.set_weights(net.get_weights())
+    return copy
+
+
+def float32_network(net):
+    """``net`` itself when it computes in float32, else a float32 copy with its weights: saved and exported
+    networks are float32.
+
+    Every layer is checked, not the model's own policy: a network reloaded from a resumed run's
+    ``last.keras`` reports a float32 model policy while its layers still compute in bfloat16."""
+    if all(layer.dtype_policy.name == "float32" for layer in [net, *net.layers]):
+        return net
+    return with_dtype_policy(net, "float32")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.errors import FerSdkError, InvalidInputError
-from fer_sdk.io import atomic_path, atomic_write_json
+from fer_sdk.files import atomic_path, atomic_write_json
 
 
 def parse_epochs(spec: str) -> list[int]:
@@ -113,8 +113,9 @@ def average_run(
     log=print,
 ) -> dict:
     """Average ``run``'s snapshots of ``epochs`` into the run folder ``out``; return its metrics."""
+    from .architectures import float32_network
     from .config import invocation
-    from .train import TrainConfig, evaluate_run, float32_network
+    from .train import TrainConfig, evaluate_run
 
     run, out = Path(run), Path(out)
     if not (run / "metrics.json").exists():
@@ -151,12 +152,7 @@ def average_run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``fer-sdk models average ARGS`` is ``fer-sdk models average ARGS``."""
+if __name__ == "__main__":  # ``python -m fer_sdk.export.average ARGS`` is ``fer-sdk models average ARGS``
     from fer_sdk.cli import run_as
 
-    run_as(["models", "average"], argv)
-
-
-if __name__ == "__main__":
-    main()
+    run_as(["models", "average"])

@@ -128,7 +128,7 @@ def calibrate_model(
     import onnx
 
     from fer_sdk import Classifier
-    from fer_sdk.io import atomic_write_bytes
+    from fer_sdk.files import atomic_write_bytes
     from fer_sdk.runtime import create_session
 
     from .convert import checked_bytes, onnx_metadata, set_metadata

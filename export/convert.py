@@ -25,8 +25,8 @@ import numpy as np
 
 from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, METADATA_KEY, OUTPUT_NAME
 from fer_sdk.errors import TRAIN_EXTRA_HINT, DependencyError, FerSdkError, InvalidInputError, ModelError
+from fer_sdk.files import atomic_write_bytes
 from fer_sdk.framing import FER2013
-from fer_sdk.io import atomic_write_bytes
 from fer_sdk.metadata import InputSpec, ModelMetadata, OutputSpec
 from fer_sdk.registry import sha256_file
 
@@ -371,7 +371,7 @@ def export_onnx(
 
     model, source_sha256, run_metrics, architecture, described = _load_source(source, keras)
     _check_model_contract(model)
-    from .train import float32_network
+    from .architectures import float32_network
 
     model = float32_network(model)  # a network that computes in bfloat16 is exported as float32 (same weights)
     architecture = architecture or _architecture_from_name(model)

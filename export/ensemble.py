@@ -23,7 +23,7 @@ import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import TRAIN_EXTRA_HINT, InvalidInputError, ModelError
-from fer_sdk.io import atomic_write_bytes, check_output_file
+from fer_sdk.files import atomic_write_bytes, check_output_file
 from fer_sdk.metadata import ModelMetadata
 from fer_sdk.registry import resolve_model
 
@@ -298,12 +298,7 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``fer-sdk models ensemble ARGS`` is ``fer-sdk models ensemble ARGS``."""
+if __name__ == "__main__":  # ``python -m fer_sdk.export.ensemble ARGS`` is ``fer-sdk models ensemble ARGS``
     from fer_sdk.cli import run_as
 
-    run_as(["models", "ensemble"], argv)
-
-
-if __name__ == "__main__":
-    main()
+    run_as(["models", "ensemble"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.errors import FerSdkError
-from fer_sdk.io import atomic_write_json
+from fer_sdk.files import atomic_write_json
 
 from .train import (
     Splits,

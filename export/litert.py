@@ -21,7 +21,7 @@ import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, INPUT_SIZE, METADATA_KEY
 from fer_sdk.errors import ModelError
-from fer_sdk.io import atomic_write_bytes
+from fer_sdk.files import atomic_write_bytes
 from fer_sdk.metadata import ModelMetadata, OutputSpec
 
 LOGITS_NAME = "logits"

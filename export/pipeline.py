@@ -9,7 +9,7 @@ import numpy as np
 
 from fer_sdk.data import read_fer2013
 from fer_sdk.errors import DatasetError, InvalidInputError
-from fer_sdk.io import check_output_file
+from fer_sdk.files import check_output_file
 
 PARITY_FACES = 512
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import TRAIN_EXTRA_HINT, InvalidInputError, ModelError
-from fer_sdk.io import atomic_write_bytes
+from fer_sdk.files import atomic_write_bytes
 from fer_sdk.progress import counter
 
 from .convert import (

@@ -95,12 +95,7 @@ def recover_network(onnx_path: str | Path, faces: np.ndarray, *, max_diff: float
     return net, diff
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``fer-sdk models recover ARGS`` is ``fer-sdk models recover ARGS``."""
+if __name__ == "__main__":  # ``python -m fer_sdk.export.recover ARGS`` is ``fer-sdk models recover ARGS``
     from fer_sdk.cli import run_as
 
-    run_as(["models", "recover"], argv)
-
-
-if __name__ == "__main__":
-    main()
+    run_as(["models", "recover"])

@@ -17,8 +17,8 @@ import shlex
 from pathlib import Path
 
 from fer_sdk.errors import InvalidInputError, ModelError
+from fer_sdk.files import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.framing import Framing
-from fer_sdk.io import atomic_path, atomic_write_json, atomic_write_text
 from fer_sdk.registry import models_dir as bundled_models_dir
 from fer_sdk.registry import sha256_file
 
@@ -513,7 +513,7 @@ def ship_litert(
     listed in the manifest as ``ARCH-int8-litert``."""
     from fer_sdk.classifier import Classifier
     from fer_sdk.data import load_split
-    from fer_sdk.io import atomic_write_bytes
+    from fer_sdk.files import atomic_write_bytes
     from fer_sdk.litert import read_tflite_metadata
     from fer_sdk.metadata import ModelMetadata
 
@@ -693,12 +693,7 @@ def models_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``fer-sdk models ship ARGS`` is ``fer-sdk models ship ARGS``."""
+if __name__ == "__main__":  # ``python -m fer_sdk.export.ship ARGS`` is ``fer-sdk models ship ARGS``
     from fer_sdk.cli import run_as
 
-    run_as(["models", "ship"], argv)
-
-
-if __name__ == "__main__":
-    main()
+    run_as(["models", "ship"])

@@ -28,10 +28,10 @@ import numpy as np
 
 from fer_sdk.constants import EMOTIONS
 from fer_sdk.errors import DatasetError, InvalidInputError
-from fer_sdk.io import atomic_path, atomic_write_json
+from fer_sdk.files import atomic_path, atomic_write_json
 from fer_sdk.metrics import classification_report
 
-from .architectures import build
+from .architectures import build, float32_network
 from .config import (  # noqa: F401  (re-exported: the recipe used to live here)
     AUGMENT_LEVELS,
     CLASS_WEIGHTINGS,
@@ -154,29 +154,6 @@ def _build_network(cfg: TrainConfig, policy: str):
         return build(cfg.arch, dropout=cfg.dropout, fc_dropout=cfg.fc_dropout)
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-def with_dtype_policy(net, policy: str):
-    """A copy of the functional ``net`` whose every layer has the Keras dtype ``policy``, holding ``net``'s
-    weights (mixed policies keep float32 variables, so switching between them copies weights exactly)."""
-    import keras
-
-    copy = keras.models.clone_model(
-        net, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": policy})
-    )
-    copy.set_weights(net.get_weights())
-    return copy
-
-
-def float32_network(net):
-    """``net`` itself when it computes in float32, else a float32 copy with its weights: saved and exported
-    networks are float32.
-
-    Every layer is checked, not the model's own policy: a network reloaded from a resumed run's
-    ``last.keras`` reports a float32 model policy while its layers still compute in bfloat16."""
-    if all(layer.dtype_policy.name == "float32" for layer in [net, *net.layers]):
-        return net
-    return with_dtype_policy(net, "float32")
 
 
 def build_training_model(cfg: TrainConfig):

@@ -36,12 +36,7 @@ if TYPE_CHECKING:
     from .images import load_image
     from .yunet import YuNetDetector
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
-
-    __version__ = version("fer-sdk")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+from .version import __version__
 
 __all__ = [
     "EMOTIONS",

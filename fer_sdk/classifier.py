@@ -296,7 +296,7 @@ class Classifier:
         injected session without a file."""
         if self._model_version is None:
             if self._spec is not None:
-                from . import __version__
+                from .version import __version__
 
                 self._model_version = __version__
             elif self._model_path is not None and self._model_path.is_file():

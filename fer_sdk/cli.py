@@ -58,7 +58,7 @@ _state = {"debug": False, "quiet": False}
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from .version import __version__
 
         typer.echo(f"fer-sdk {__version__}")
         raise typer.Exit(0)
@@ -589,7 +589,7 @@ def models_recover(
         _require_train_extra()
         from .data import load_split
         from .export.recover import recover_network
-        from .io import atomic_path
+        from .files import atomic_path
 
         x, _ = load_split(data, "Training")
         net, diff = recover_network(model_path, x[:faces])
@@ -785,9 +785,18 @@ def bench(
     keras: Annotated[
         bool, typer.Option("--keras/--no-keras", help="Also time Keras/TensorFlow (needs the train extra).")
     ] = True,
+    table_from: Annotated[
+        Path | None,
+        typer.Option("--table-from", help="Print the README's performance table from this bench.json; no run."),
+    ] = None,
 ) -> None:
     """Latency, throughput and accuracy benchmarks; writes JSON, Markdown and PNG plots."""
     with _errors():
+        if table_from is not None:
+            from .benchmarks.readme import read_readme_table
+
+            typer.echo(read_readme_table(table_from), nl=False)
+            return
         from .benchmarks.run import run_benchmarks
 
         paths = run_benchmarks(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import FerSdkError, InvalidInputError
-from .io import atomic_path, check_output_file, check_output_folder
+from .files import atomic_path, check_output_file, check_output_folder
 from .photos import (
     IMAGE_EXTENSIONS,
     STDIN,
@@ -207,7 +207,7 @@ def run_predict(
                 writer.write(empty_row(str(path), error=str(exc), **named))
         writer.close()
     if summary is not None and summaries:
-        from .io import atomic_write_json
+        from .files import atomic_write_json
 
         atomic_write_json(summary, summaries)
     outcome = RunOutcome.of(len(inputs) + len(results), codes)

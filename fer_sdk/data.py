@@ -36,7 +36,7 @@ import numpy as np
 
 from .constants import EMOTIONS, INPUT_SIZE
 from .errors import DatasetError, InvalidInputError
-from .io import open_regular, read_regular_file
+from .files import open_regular, read_regular_file
 from .preprocess import resize_image, to_gray
 
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")

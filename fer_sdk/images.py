@@ -349,7 +349,7 @@ def _check_max_pixels(max_pixels) -> int:
 
 
 def _read_file(src) -> tuple[Path, bytes]:
-    from .io import read_regular_file
+    from .files import read_regular_file
 
     try:
         path = Path(src)

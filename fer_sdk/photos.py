@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FerSdkError, InvalidImageError, InvalidInputError
-from .io import atomic_path
+from .files import atomic_path
 from .rows import empty_row, face_row
 
 #: What folder walks pick up: the extensions of the formats ``images.decode_image`` accepts.

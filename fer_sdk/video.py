@@ -25,7 +25,7 @@ import numpy as np
 
 from .constants import EMOTIONS
 from .errors import FerSdkError, InvalidImageError, InvalidInputError
-from .io import atomic_path
+from .files import atomic_path
 from .photos import annotate_image, reserved_paths, unique_path
 from .rows import face_row
 
@@ -178,8 +178,8 @@ CHUNK_BYTES = 256 * 1024 * 1024
 def _open(path: Path, max_pixels: int | None = None):
     import cv2
 
+    from .files import open_regular
     from .images import DEFAULT_MAX_PIXELS
-    from .io import open_regular
 
     open_regular(path, error=InvalidInputError, what="video file").close()  # no FIFO, device or folder
     # an absolute path: FFmpeg reads a name like "file:x.mp4" or "pipe:0" as a protocol, not as this file

@@ -133,8 +133,8 @@ def _classifier(model: str | os.PathLike | None) -> tuple[str, str, bytes, dict[
 
 def build_site(model: str | os.PathLike | None = None) -> Site:
     """Collect the page, the runtime, the detector and ``model`` (default: the default bundled model)."""
-    from . import __version__
     from .detect import bundled_yunet_file
+    from .version import __version__
     from .yunet import YuNetDetector
 
     root = page_dir()

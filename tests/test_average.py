@@ -19,8 +19,9 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from fer_sdk.export import ship
+from fer_sdk.export.architectures import with_dtype_policy
 from fer_sdk.export.average import average_networks, average_run, parse_epochs, recalibrate_batchnorm
-from fer_sdk.export.train import Splits, TrainConfig, to_model_input, train, with_dtype_policy
+from fer_sdk.export.train import Splits, TrainConfig, to_model_input, train
 
 from fer_sdk.errors import FerSdkError
 

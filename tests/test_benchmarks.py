@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FER_CSV  # as conftest.py
-from fer_sdk.benchmarks.readme import main as readme_main
 from fer_sdk.benchmarks.readme import render_readme_table
 from fer_sdk.benchmarks.report import fmt
 from fer_sdk.benchmarks.targets import TARGETS, compute_ratios
@@ -193,15 +192,20 @@ def test_accuracy_section(quick_run):
 
 
 @pytest.mark.train
-def test_readme_table(quick_run, capsys):
+def test_readme_table(quick_run):
     out, _, bench, _ = quick_run
     text = render_readme_table(out / "bench.json")
     assert text == render_readme_table(bench)
     assert "| model | runtime |" in text and bench["machine"]["command"] in text
     assert "ONNX Runtime fp32" in text
-    assert readme_main([str(out / "bench.json")]) == 0
-    assert capsys.readouterr().out == text
-    assert readme_main([str(out / "missing.json")]) == 1
+    from typer.testing import CliRunner
+
+    from fer_sdk.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--table-from", str(out / "bench.json")])
+    assert result.exit_code == 0 and result.stdout == text
+    result = CliRunner().invoke(app, ["bench", "--table-from", str(out / "missing.json")])
+    assert result.exit_code == 2 and "pass a bench.json written by `fer-sdk bench`" in result.stderr
 
 
 def test_cli_bench_quick(bench_models, tmp_path):

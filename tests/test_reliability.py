@@ -1,7 +1,7 @@
 """Reliability: one Classifier shared by threads, atomic output files, hostile models at the CLI, memory.
 
 - Threads: 8 threads, 5,000 ``predict_proba`` calls of 1-8 real faces each, results bit-identical to serial.
-- Atomic files: failures injected in the middle of every writer the SDK uses (``fer_sdk.io`` itself, ONNX
+- Atomic files: failures injected in the middle of every writer the SDK uses (``fer_sdk.files`` itself, ONNX
   export after conversion, ``predict --output`` / ``--annotate``) leave the destination as it was (old
   content, or absent) and no partial file under its name; a SIGKILLed writer leaves a complete file.
 - Hostile models through the CLI (the library-level cases live in test_classifier / test_runtime /
@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from fer_sdk import Classifier, registry
 from fer_sdk.cli import app
 from fer_sdk.errors import ModelError
-from fer_sdk.io import atomic_write_json
+from fer_sdk.files import atomic_write_json
 
 # ----------------------------------------------------------------------------------------------- threads
 
@@ -128,7 +128,7 @@ def test_atomic_write_json_failure_keeps_old_content(failure, tmp_path, monkeypa
 
 _KILLED_WRITER = r"""
 import sys
-from fer_sdk.io import atomic_write_json
+from fer_sdk.files import atomic_write_json
 target, i = sys.argv[1], 0
 while True:
     i += 1
