@@ -7,12 +7,13 @@ parent then packs each run's ``best.keras``, ``metrics.json`` and ``state.json``
 ``results.tar`` split in parts small enough for the machine's file return limits. Export happens later,
 under TensorFlow, on the developer's machine (``fer-sdk export RUN_DIR``).
 
-    KERAS_BACKEND=jax python -m fer_sdk.export.gpu_job --pixels X.xz --labels Y.npz --out OUT --budget 400
+    KERAS_BACKEND=jax fer-sdk models gpu-job --pixels X.xz --labels Y.npz --out OUT --budget 400
+
+(``python -m fer_sdk.export.gpu_job ARGS`` runs the same command; each worker is started that way.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import lzma
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +39,86 @@ KEEP = {"shallow": 1, "deep": 2}
 
 def load_arrays(pixels: Path, labels: Path):
     """Pixels: raw uint8 (Training then PublicTest) compressed with xz; labels: npz y_train / y_val."""
-    y = np.load(labels)
-    raw = np.frombuffer(lzma.decompress(pixels.read_bytes()), dtype=np.uint8).reshape(-1, 48, 48)
-    n = len(y["y_train"])
-    return raw[:n], y["y_train"].astype(np.int64), raw[n:], y["y_val"].astype(np.int64)
+    from fer_sdk.errors import DatasetError
+
+    try:
+        with np.load(labels) as y:
+            y_train, y_val = y["y_train"].astype(np.int64), y["y_val"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DatasetError(f"--labels {labels}: not an npz holding y_train and y_val ({exc})") from None
+    try:
+        raw = np.frombuffer(lzma.decompress(pixels.read_bytes()), dtype=np.uint8).reshape(-1, 48, 48)
+    except (OSError, lzma.LZMAError, ValueError) as exc:
+        raise DatasetError(f"--pixels {pixels}: not xz-compressed uint8 48x48 faces ({exc})") from None
+    if len(raw) != len(y_train) + len(y_val):
+        raise DatasetError(f"--pixels {pixels} holds {len(raw)} faces, the labels {len(y_train) + len(y_val)}")
+    n = len(y_train)
+    return raw[:n], y_train, raw[n:], y_val
 
 
-def worker(args) -> None:
+@dataclass(frozen=True)
+class GpuJob:
+    """The options of one job (``fer-sdk models gpu-job``); ``worker`` is set in the processes it starts."""
+
+    pixels: Path
+    labels: Path
+    out: Path
+    work: Path = Path("/tmp/fer_runs")
+    budget: float = 400.0  # training seconds per run
+    deadline: float | None = None  # kill workers after this many seconds (default: budget + 120)
+    runs: tuple[str, ...] = tuple(RECIPES)
+    limit: int = 0  # train on the first N faces only (smoke tests)
+    override: str = "{}"  # JSON of TrainConfig fields applied to every run
+    mem_fraction: str = "0.2"
+    fit: bool = False  # keras model.fit instead of the on-device loop
+
+    def check(self) -> None:
+        from fer_sdk.errors import InvalidInputError
+
+        unknown = [r for r in self.runs if r not in RECIPES]
+        if unknown:
+            raise InvalidInputError(f"--runs: unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+        try:
+            override = json.loads(self.override)
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"--override {self.override!r} is not JSON ({exc}); e.g. '{{\"lr\": 0.02}}'"
+            ) from None
+        if not isinstance(override, dict):
+            raise InvalidInputError(f"--override {self.override!r} must be a JSON object of TrainConfig fields")
+        missing = [
+            f"{opt} {path}"
+            for opt, path in (("--pixels", self.pixels), ("--labels", self.labels))
+            if not Path(path).is_file()
+        ]
+        if missing:
+            raise InvalidInputError(f"{', '.join(missing)}: no such file; pass the files the job's data step wrote")
+        if override.get("teacher"):
+            raise InvalidInputError(
+                "--override: gpu_job does not distil (its parallel workers would all run the teacher on the "
+                "CPU); train with a teacher through `fer-sdk train --teacher` instead"
+            )
+
+    def worker_args(self) -> list[str]:
+        """The command-line options that give a worker this job."""
+        args = ["--pixels", str(self.pixels), "--labels", str(self.labels), "--out", str(self.out)]
+        args += ["--work", str(self.work), "--budget", str(self.budget), "--runs", ",".join(self.runs)]
+        args += ["--limit", str(self.limit), "--override", self.override, "--mem-fraction", self.mem_fraction]
+        if self.deadline is not None:
+            args += ["--deadline", str(self.deadline)]
+        return [*args, "--fit"] if self.fit else args
+
+
+def worker(job: GpuJob, name: str) -> None:
     from .train import Splits, TrainConfig, train
 
-    x_tr, y_tr, x_va, y_va = load_arrays(Path(args.pixels), Path(args.labels))
-    if args.limit:
-        x_tr, y_tr = x_tr[: args.limit], y_tr[: args.limit]
-    recipe = dict(RECIPES[args.worker], **json.loads(args.override))
+    x_tr, y_tr, x_va, y_va = load_arrays(Path(job.pixels), Path(job.labels))
+    if job.limit:
+        x_tr, y_tr = x_tr[: job.limit], y_tr[: job.limit]
+    recipe = dict(RECIPES[name], **json.loads(job.override))
     cfg = TrainConfig(
         **recipe,
-        time_budget_s=args.budget,
+        time_budget_s=job.budget,
         command=(
             f"fer-sdk train --arch {recipe['arch']} --optimizer {recipe['optimizer']} --data fer2013.csv.gz "
             f"--epochs EPOCHS_DONE  # KERAS_BACKEND=jax on a GPU; EPOCHS_DONE from metrics.json"
@@ -60,16 +126,16 @@ def worker(args) -> None:
     )
 
     def log(m):
-        return print(f"[{args.worker}] {m}", flush=True)
+        return print(f"[{name}] {m}", flush=True)
 
     splits = Splits(x_tr, y_tr, x_va, y_va)
-    if args.fit:
-        run = Path(args.work) / args.worker
+    if job.fit:
+        run = Path(job.work) / name
         train(cfg, splits, run, resume=(run / "config.json").is_file(), log=log)  # resume after a restart
     else:
         from .jax_loop import train_on_device
 
-        train_on_device(cfg, splits, Path(args.work) / args.worker, log=log)
+        train_on_device(cfg, splits, Path(job.work) / name, log=log)
 
 
 def _best(run: Path) -> float:
@@ -103,54 +169,38 @@ def pack(work: Path, out: Path, part_mb: int = 15) -> list[Path]:
     return parts
 
 
-def worker_command(name: str, argv: list[str]) -> list[str]:
+def worker_command(name: str, job: GpuJob) -> list[str]:
     """The command line of one worker: this same module (``export.gpu_job`` in a checkout,
-    ``fer_sdk.export.gpu_job`` when installed) with the parent's arguments and ``--worker NAME``."""
+    ``fer_sdk.export.gpu_job`` when installed) with the job's options and ``--worker NAME``."""
     module = __spec__.name if __spec__ is not None else "export.gpu_job"
-    return [sys.executable, "-m", module, "--worker", name] + [a for a in argv if not a.startswith("--worker")]
+    return [sys.executable, "-m", module, "--worker", name, *job.worker_args()]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pixels", required=True)
-    ap.add_argument("--labels", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--work", default="/tmp/fer_runs")
-    ap.add_argument("--budget", type=float, default=400.0, help="training seconds per run")
-    ap.add_argument("--deadline", type=float, default=None, help="kill workers after this many seconds")
-    ap.add_argument("--runs", default=",".join(RECIPES))
-    ap.add_argument("--limit", type=int, default=0, help="train on the first N faces only (smoke tests)")
-    ap.add_argument("--override", default="{}", help="JSON of TrainConfig fields applied to every run")
-    ap.add_argument("--mem-fraction", default="0.2")
-    ap.add_argument("--fit", action="store_true", help="use keras model.fit instead of the on-device loop")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if json.loads(args.override).get("teacher"):
-        ap.error(
-            "--override: gpu_job does not distil (its parallel workers would all run the teacher on the "
-            "CPU); train with a teacher through `fer-sdk train --teacher` instead"
-        )
-    if args.worker:
-        return worker(args)
+def run_job(job: GpuJob, log=print) -> list[Path]:
+    """Start one worker process per recipe, wait (until the deadline), pack the results; the parts written.
+    A worker that fails makes the job fail (``FerSdkError``) after packing what there is."""
+    from fer_sdk.errors import FerSdkError
 
-    work, out = Path(args.work), Path(args.out)
+    job.check()
+    work, out = Path(job.work), Path(job.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    deadline = time.time() + (args.deadline or args.budget + 120)
+    deadline = time.time() + (job.deadline or job.budget + 120)
     env = dict(
         os.environ,
         KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"),
-        XLA_PYTHON_CLIENT_MEM_FRACTION=args.mem_fraction,
+        XLA_PYTHON_CLIENT_MEM_FRACTION=job.mem_fraction,
         PYTHONUNBUFFERED="1",
     )
     procs = {}
-    for name in args.runs.split(","):
+    for name in job.runs:
         (work / name).mkdir(parents=True, exist_ok=True)
-        log = open(work / name / "train.log", "a")  # noqa: SIM115  (outlives this loop; closed after the worker exits)
-        cmd = worker_command(name, sys.argv[1:])
+        log_file = open(work / name / "train.log", "a")  # noqa: SIM115  (outlives this loop; closed after the worker exits)
         procs[name] = (
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
-            log,
+            subprocess.Popen(
+                worker_command(name, job), env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            ),
+            log_file,
         )
     while any(p.poll() is None for p, _ in procs.values()) and time.time() < deadline:
         time.sleep(5)
@@ -159,20 +209,23 @@ def main() -> None:
             text = (work / name / "train.log").read_text(errors="replace").strip().splitlines()
             epoch_lines = [t for t in text if "epoch" in t or "done" in t or "Error" in t]
             lines.append(epoch_lines[-1] if epoch_lines else f"[{name}] (starting)")
-        print(" | ".join(lines), flush=True)
-    for name, (p, log) in procs.items():
+        log(" | ".join(lines))
+    for name, (p, log_file) in procs.items():
         if p.poll() is None:
-            print(f"deadline: stopping {name}", flush=True)
+            log(f"deadline: stopping {name}")
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        log.close()
-        print(f"{name}: exit {p.returncode}", flush=True)
+        log_file.close()
+        log(f"{name}: exit {p.returncode}")
     parts = pack(work, out)
-    print("packed", [f"{p.name} {p.stat().st_size}" for p in parts], flush=True)
+    log(f"packed {[f'{p.name} {p.stat().st_size}' for p in parts]}")
     failed = [name for name, (p, _) in procs.items() if p.returncode != 0]
     if failed:
-        raise SystemExit(f"worker(s) {', '.join(failed)} failed: see {work}/<name>/train.log")
+        raise FerSdkError(f"worker(s) {', '.join(failed)} failed: see {work}/<name>/train.log")
+    return parts
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # ``python -m fer_sdk.export.gpu_job ARGS`` is ``fer-sdk models gpu-job ARGS``
+    from fer_sdk.cli import run_as
+
+    run_as(["models", "gpu-job"])

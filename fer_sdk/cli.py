@@ -599,6 +599,48 @@ def models_recover(
 
 
 # ------------------------------------------------------------------------------------------------ eval
+@models_app.command("gpu-job")
+def models_gpu_job(
+    pixels: Annotated[Path, typer.Option(help="Raw uint8 faces (Training then PublicTest), xz-compressed.")],
+    labels: Annotated[Path, typer.Option(help="npz with y_train and y_val.")],
+    out: Annotated[Path, typer.Option(help="Folder for results.tar.partNN.")],
+    work: Annotated[Path, typer.Option(help="Folder for the runs.")] = Path("/tmp/fer_runs"),
+    budget: Annotated[float, typer.Option(help="Training seconds per run.")] = 400.0,
+    deadline: Annotated[
+        float | None, typer.Option(help="Kill workers after this many seconds (default: budget + 120).")
+    ] = None,
+    runs: Annotated[str | None, typer.Option(help="Comma-separated recipes (default: all).")] = None,
+    limit: Annotated[int, typer.Option(help="Train on the first N faces only (smoke tests).")] = 0,
+    override: Annotated[str, typer.Option(help="JSON of TrainConfig fields applied to every run.")] = "{}",
+    mem_fraction: Annotated[str, typer.Option(help="XLA_PYTHON_CLIENT_MEM_FRACTION per worker.")] = "0.2",
+    fit: Annotated[bool, typer.Option("--fit", help="Keras model.fit instead of the on-device loop.")] = False,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Train several recipes at once on a lent GPU machine (Keras 3 on JAX) inside a time budget."""
+    with _errors():
+        from .export.gpu_job import RECIPES, GpuJob, run_job
+        from .export.gpu_job import worker as run_worker
+
+        job = GpuJob(
+            pixels,
+            labels,
+            out,
+            work,
+            budget,
+            deadline,
+            tuple(r for r in runs.split(",") if r) if runs else tuple(RECIPES),
+            limit,
+            override,
+            mem_fraction,
+            fit,
+        )
+        if worker:
+            job.check()
+            run_worker(job, worker)
+            return
+        run_job(job, log=lambda line: typer.echo(line, err=True))
+
+
 @app.command("eval")
 def eval_cmd(
     data: Annotated[

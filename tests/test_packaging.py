@@ -121,6 +121,8 @@ def test_gpu_job_workers_start_under_the_installed_module_name(tmp_path):
     import os
 
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    (tmp_path / "bad.xz").write_bytes(b"not xz")
+    (tmp_path / "bad.npz").write_bytes(b"not npz")
     result = subprocess.run(
         [
             sys.executable,
@@ -129,9 +131,9 @@ def test_gpu_job_workers_start_under_the_installed_module_name(tmp_path):
             "--runs",
             "shallow",
             "--pixels",
-            "absent.xz",
+            "bad.xz",
             "--labels",
-            "absent.npz",
+            "bad.npz",
             "--out",
             "out",
             "--work",
@@ -150,5 +152,25 @@ def test_gpu_job_workers_start_under_the_installed_module_name(tmp_path):
     )
     log = (tmp_path / "work" / "shallow" / "train.log").read_text()
     assert "No module named" not in log, log
-    assert "FileNotFoundError" in log and "absent." in log  # the worker ran this module and reached its data
+    assert "--labels bad.npz: not an npz" in log  # the worker ran this module and reached its data
     assert result.returncode != 0 and "shallow failed" in result.stderr, result.stderr
+
+
+def test_gpu_job_is_a_fer_sdk_models_command_with_checked_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from fer_sdk.cli import app
+
+    (tmp_path / "x.xz").write_bytes(b"")
+    (tmp_path / "y.npz").write_bytes(b"")
+    base = ["models", "gpu-job", "--pixels", str(tmp_path / "x.xz"), "--labels", str(tmp_path / "y.npz")]
+    base += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    cases = {
+        "unknown recipe(s) nope": ["--runs", "shallow,nope"],
+        "is not JSON": ["--override", "{lr: 1}"],
+        "does not distil": ["--override", '{"teacher": "t.onnx"}'],
+    }
+    for message, extra in cases.items():
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
+    assert not (tmp_path / "work").exists()  # refused before any worker started
