@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -96,6 +97,20 @@ def test_wheel_ships_models_samples_and_namespaced_tooling(tmp_path):
     vendor = json.loads((REPO / "web" / "vendor" / "manifest.json").read_text())["files"]
     assert page | {f"fer_sdk/web/vendor/{n}" for n in vendor} | {"fer_sdk/web/vendor/manifest.json"} <= names
     assert not any("node_modules" in n or n.startswith("fer_sdk/web/test") or n.endswith("package.json") for n in names)
+    # as installed (not the editable checkout): the page, runtime and models are found and serve a site
+    unpacked = tmp_path / "site-packages"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    code = (
+        "import fer_sdk, fer_sdk.webapp as w; s = w.build_site(); "
+        f"assert fer_sdk.__file__.startswith({str(unpacked)!r}), fer_sdk.__file__; "
+        f"assert str(w.page_dir()).startswith({str(unpacked)!r}), w.page_dir(); "
+        "print(sorted(s.files)[0], len(s.files))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(unpacked)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_malformed_metadata_is_a_model_error(make_onnx, tmp_path):
