@@ -106,6 +106,8 @@ class ModelMetadata:
         fmt = meta.get("format")
         if isinstance(fmt, bool) or not isinstance(fmt, int):
             raise ModelError(f"{source}: fer-sdk metadata format {fmt!r} is not an integer; {EXPORT_HINT}")
+        if fmt < 1:
+            raise ModelError(f"{source}: fer-sdk metadata format {fmt!r} is not a version (1 or more); {EXPORT_HINT}")
         if fmt > METADATA_FORMAT:
             raise ModelError(
                 f"{source}: fer-sdk metadata format {fmt!r} is not supported by this version (reads up to "
@@ -198,12 +200,19 @@ def _optional(value: Any, kind: type, name: str) -> Any:
     return value
 
 
+#: Keys a section must state (the others have defaults every export so far agrees on).
+_REQUIRED = {"input": ("height", "width", "scale", "offset", "color", "resize")}
+
+
 def _spec(cls: type, raw: dict[str, Any], section: str) -> Any:
     """An InputSpec / OutputSpec from its JSON object: known keys typed like the defaults, others refused."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(defaults))
     if unknown:
         raise ValueError(f"'{section}' has keys {unknown} this version does not know")
+    missing = [key for key in _REQUIRED.get(section, ()) if key not in raw]
+    if missing:  # a default here would be a guess about how the model was trained
+        raise ValueError(f"'{section}' lacks {missing}")
     values = {}
     for key, default in defaults.items():
         value = raw.get(key, default)

@@ -50,6 +50,19 @@ def test_round_trip_keeps_unknown_keys_and_refuses_unknown_input_keys():
         ModelMetadata.from_dict({**example, "input": {**example["input"], "height": "x"}}, "m")
     with pytest.raises(ModelError, match="format 2 is not supported"):
         ModelMetadata.from_dict({**example, "format": 2}, "m")
+    for fmt in (0, -1):
+        with pytest.raises(ModelError, match=f"format {fmt} is not a version"):
+            ModelMetadata.from_dict({**example, "format": fmt}, "m")
+
+
+@pytest.mark.parametrize("key", ["height", "width", "scale", "offset", "color", "resize"])
+def test_the_input_keys_preprocessing_depends_on_are_required(key):
+    example = _example()
+    spec = {k: v for k, v in example["input"].items() if k != key}
+    with pytest.raises(ModelError, match=rf"'input' lacks \['{key}'\]"):
+        ModelMetadata.from_dict({**example, "input": spec}, "m")
+    optional = {k: v for k, v in example["input"].items() if k not in ("channels", "layout", "dtype")}
+    assert ModelMetadata.from_dict({**example, "input": optional}, "m").input == InputSpec()
 
 
 def test_an_int8_copy_is_a_replace(tiny_models):
