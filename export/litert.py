@@ -5,6 +5,8 @@
   scale 1/255 and zero point 0 (so a pixel goes in as itself), the output is the int8 *logits* of the last
   dense layer, and the reader applies a float softmax (metadata ``output.kind = "logits"``): an int8 softmax
   would break row sums and ties (the ONNX INT8 models keep that head in float for the same reason).
+* INT8 with a float head (``float_head=True``): the same, but the last dense layer (512 x 7 for shallow) runs in
+  float32 and outputs float32 logits, as in the ONNX INT8 models; used when full integer misses the gate.
   Calibration uses the same Training faces as the ONNX INT8 model (``pipeline.calibration_pick``).
 
 The ``fer_sdk`` metadata (``fer_sdk.metadata.ModelMetadata``) goes into the flatbuffer's ``metadata`` table, so
@@ -15,6 +17,7 @@ Needs TensorFlow (the train extra); the runtime that reads the files does not.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,28 @@ def _converter(net, *, int8: bool, calibration_faces: np.ndarray | None):
     return converter
 
 
+def _float_head(converter) -> bytes:
+    """INT8 everywhere but the last dense layer (the logits), which stays float32, as in the ONNX INT8 models:
+    calibrate only, then quantize with that layer's output denylisted (what
+    ``tf.lite.experimental.QuantizationDebugger``'s ``denylisted_nodes`` does, without its debug model).
+    Input uint8 (the pixel), output float32 logits."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert
+
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": only its op list is read here
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_content=calibrated)
+    dense = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    if not dense:
+        raise ModelError("the network has no dense output layer to keep in float")
+    logits = interpreter._get_tensor_details(dense[-1]["outputs"][0], 0)["name"]
+    return tfl_convert.mlir_quantize(
+        calibrated, input_data_type=tf.uint8, output_data_type=tf.float32, denylisted_nodes=[logits]
+    )
+
+
 def embed_metadata(tflite: bytes, meta: ModelMetadata) -> bytes:
     """``tflite`` with ``meta`` as its ``fer_sdk`` metadata entry (replacing an earlier one)."""
     from tensorflow.lite.python import schema_py_generated as schema
@@ -92,13 +117,15 @@ def export_tflite(
     *,
     metadata: ModelMetadata,
     int8: bool = False,
+    float_head: bool = False,
     calibration_faces: np.ndarray | None = None,
     parity_faces: np.ndarray | None = None,
     reference=None,
     log=print,
 ) -> dict:
     """Convert the Keras ``net`` to ``out`` (float32, or full-integer INT8 with ``int8=True``), embed
-    ``metadata`` (precision, output kind and a ``quantization`` block are set here) and check the file with
+    ``metadata`` (precision, output kind and a ``quantization`` block are set here; ``float_head=True`` keeps the
+    last dense layer in float32, see ``_float_head``) and check the file with
     ``fer_sdk.litert`` against ``reference`` (a ``Classifier``, usually the fp32 ONNX twin) on
     ``parity_faces``: the argmax agreement goes into the report. Written atomically; returns a report."""
     from fer_sdk.classifier import Classifier
@@ -107,7 +134,7 @@ def export_tflite(
     out = Path(out)
     converter = _converter(net, int8=int8, calibration_faces=calibration_faces)
     try:
-        flat = converter.convert()
+        flat = _float_head(converter) if int8 and float_head else converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises its own ConverterError and plain Exceptions
         raise ModelError(f"TensorFlow's LiteRT converter failed for {out.name}: {exc}") from None
     if int8:
@@ -116,9 +143,13 @@ def export_tflite(
             output=OutputSpec(name=LOGITS_NAME, kind="logits"),
             metrics={},
             quantization={
-                "format": "tflite-full-integer",
+                "format": "tflite-int8-float-head" if float_head else "tflite-full-integer",
                 "input_type": "uint8",
-                "output_type": "int8 logits (float softmax in the reader)",
+                "output_type": (
+                    "float32 logits (the last dense layer runs in float32; float softmax in the reader)"
+                    if float_head
+                    else "int8 logits (float softmax in the reader)"
+                ),
                 "calibration_faces": len(calibration_faces) if calibration_faces is not None else 0,
             },
         )

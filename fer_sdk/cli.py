@@ -486,7 +486,7 @@ def models_ship(
     litert: Annotated[
         list[str] | None,
         typer.Option(
-            help="Bundle ARCH-int8.tflite (LiteRT full-integer) for the bundled fp32 model ARCH, parity-checked."
+            help="Bundle ARCH-int8.tflite (LiteRT INT8) for the bundled fp32 model ARCH, parity-checked."
         ),
     ] = None,
     requantize: Annotated[

@@ -61,6 +61,42 @@ def test_float_and_int8_files_match_their_onnx_twin(tflite_pair):
 
 
 @pytest.mark.train
+def test_the_float_head_recipe_keeps_the_last_dense_layer_in_float(tflite_pair, tiny_models):
+    """INT8 with a float head: uint8 in, float32 logits out, the recipe named in the metadata, parity kept."""
+    from ai_edge_litert.interpreter import Interpreter
+    from fer_sdk.export.litert import export_tflite
+    from fer_sdk.export.recover import recover_network
+
+    from fer_sdk import Classifier
+
+    _, int8, _, reference, faces = tflite_pair
+    path = int8.with_name("tiny-int8-float-head.tflite")
+    net, _ = recover_network(tiny_models.fp32, faces[:300])
+    report = export_tflite(
+        net,
+        path,
+        metadata=reference.model_metadata,
+        int8=True,
+        float_head=True,
+        calibration_faces=faces[:300],
+        parity_faces=faces,
+        reference=reference,
+        log=lambda *_: None,
+    )
+    interpreter = Interpreter(model_path=str(path))
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    clf = Classifier(path)
+    assert clf.model_metadata.quantization["format"] == "tflite-int8-float-head"
+    assert clf.model_metadata.output.kind == "logits"
+    p = clf.predict_proba(faces)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    want = reference.predict_proba(faces).argmax(1)
+    assert float((p.argmax(1) == want).mean()) == pytest.approx(report["parity"]["argmax_agreement"])
+    assert report["parity"]["argmax_agreement"] > 0.9
+
+
+@pytest.mark.train
 def test_metadata_is_inside_the_file_and_read_without_tensorflow(tflite_pair):
     fp32, int8, *_ = tflite_pair
     code = (
@@ -130,10 +166,10 @@ def test_bundled_litert_model_keeps_its_twins_numbers(spec):
 
 
 @pytest.mark.skipif(not LITERT_SPECS, reason="no bundled LiteRT models")
-def test_bundled_litert_model_analyzes_photos_like_its_onnx_twin(samples_dir):
+@pytest.mark.parametrize("spec", LITERT_SPECS, ids=lambda s: s.name)
+def test_bundled_litert_model_analyzes_photos_like_its_onnx_twin(samples_dir, spec):
     from fer_sdk import Classifier, load_image
 
-    spec = LITERT_SPECS[0]
     photo = load_image(samples_dir / "two_faces.jpg")
     lite, twin = Classifier(spec.name).analyze(photo), Classifier(spec.name.removesuffix("-litert")).analyze(photo)
     assert [f.box for f in lite] == [f.box for f in twin] and [f.emotion for f in lite] == [f.emotion for f in twin]
@@ -244,8 +280,9 @@ def test_ship_litert_gates_then_replaces_and_records_its_accuracy(tiny_models, m
     before = (models_dir / "manifest.json").read_text()
 
     monkeypatch.setattr(ship, "LITERT_MIN_AGREEMENT", 1.01)  # no file can pass
-    with pytest.raises(ModelError, match="not shipped"):
+    with pytest.raises(ModelError, match="not shipped") as refused:  # both recipes were tried
         ship.ship_litert(["shallow"], data, models_dir=models_dir, log=lambda *_: None)
+    assert "full integer: agreement" in str(refused.value) and "int8 with a float head: agreement" in str(refused.value)
     assert (models_dir / "shallow-int8.tflite").read_bytes() == b"previous release"
     assert (models_dir / "manifest.json").read_text() == before
     assert not list(models_dir.glob(".*staged*"))
@@ -259,4 +296,5 @@ def test_ship_litert_gates_then_replaces_and_records_its_accuracy(tiny_models, m
     assert meta.metrics["PublicTest"]["accuracy"] == pytest.approx(entry["metrics"]["PublicTest"]["accuracy"])
     card = json.loads((models_dir / "cards" / "shallow-int8-litert.json").read_text())
     assert card["litert"]["command"].startswith("fer-sdk models ship --into fer_sdk/models --litert shallow")
+    assert card["litert"]["recipe"] == "full integer" and card["litert"]["refused_recipes"] == []
     assert not list(models_dir.glob(".*staged*"))
