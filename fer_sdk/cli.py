@@ -485,9 +485,7 @@ def models_ship(
     default: Annotated[str | None, typer.Option(help="The model Classifier() loads by default.")] = None,
     litert: Annotated[
         list[str] | None,
-        typer.Option(
-            help="Bundle ARCH-int8.tflite (LiteRT INT8) for the bundled fp32 model ARCH, parity-checked."
-        ),
+        typer.Option(help="Bundle ARCH-int8.tflite (LiteRT INT8) for the bundled fp32 model ARCH, parity-checked."),
     ] = None,
     requantize: Annotated[
         list[str] | None,
