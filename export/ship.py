@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from fer_sdk.errors import InvalidInputError, ModelError
-from fer_sdk.files import atomic_path, atomic_write_json, atomic_write_text
+from fer_sdk.files import atomic_write_json, atomic_write_text
 from fer_sdk.framing import Framing
 from fer_sdk.registry import models_dir as bundled_models_dir
 from fer_sdk.registry import sha256_file
@@ -79,40 +79,6 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
         else None,
     ]
     return " ".join(p for p in parts if p)
-
-
-def confusion_png(report: dict, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    cm = np.asarray(report["confusion_matrix"], dtype=float)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6, 5.2), dpi=100)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    labels = report["labels"]
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(
-                j,
-                i,
-                f"{int(cm[i, j])}",
-                ha="center",
-                va="center",
-                color="white" if norm[i, j] > 0.5 else "black",
-                fontsize=8,
-            )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def card_markdown(card: dict) -> str:
@@ -664,9 +630,10 @@ def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log, na
         old = json.loads(previous.read_text())
         if old.get("sha256") == card["sha256"] and old.get("photos_in_the_wild"):
             card["photos_in_the_wild"] = old["photos_in_the_wild"]
-    confusion_png(
-        report, f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %", models_dir / "cards" / f"{name}.png"
-    )
+    from fer_sdk.benchmarks.plots import plot_confusion  # the benchmark report's figure, one drawing
+
+    title = f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %"
+    plot_confusion(report, models_dir / "cards" / f"{name}.png", title=title)
     atomic_write_json(models_dir / "cards" / f"{name}.json", card)
     atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card))
     log(f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} % (flip TTA {100 * tta['accuracy']:.2f} %)")
