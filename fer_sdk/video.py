@@ -14,6 +14,7 @@ renamed when the video is done.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
     from .classifier import Face
 
 FRAMES_PER_CHUNK = 32
-#: Frame rate assumed for a video whose file states none (annotated copies, smoothing windows, track expiry).
+log = logging.getLogger(__name__)
+#: Frame rate assumed for a video whose file states none (sampling with --fps, annotated copies, smoothing
+#: windows, track expiry); its rows' time_s stay empty.
 ASSUMED_FPS = 25.0
 #: A track not matched for this long ends; a face seen again later gets a new id.
 TRACK_TIMEOUT_S = 1.0
@@ -237,11 +240,14 @@ def iter_video_faces(
     smooth: float | None = None,
     summary: VideoSummary | None = None,
     annotated: str | None = None,
+    cap=None,
 ) -> Iterator[dict]:
     """Yield one ``fer_sdk.rows`` row per face of the sampled frames of ``path``.
 
     ``smooth``: seconds of each track's history its probabilities are averaged over (``None``: per frame).
-    ``annotated``: the annotated copy's path, recorded in each row.
+    ``annotated``: the annotated copy's path, recorded in each row. ``cap``: ``path`` already opened (by
+    ``_open``; released here). A video that states no frame rate is sampled, tracked and annotated as if it
+    ran at ``ASSUMED_FPS``; its rows' ``time_s`` stay empty, since the real time is unknown.
     """
     smoother = None if smooth is None else Smoother(smooth)
     tracker = FaceTracker()
@@ -250,11 +256,13 @@ def iter_video_faces(
     model = getattr(classifier, "model_name", None)
     version = getattr(classifier, "model_version", None)
     limit = getattr(classifier, "max_pixels", None) or DEFAULT_MAX_PIXELS
-    cap = _open(path, limit)
+    cap = _open(path, limit) if cap is None else cap
     try:
         native = native_fps(cap)
         clock = native or ASSUMED_FPS
-        step = frame_step(native, every, fps)
+        if not native and fps is not None:
+            log.warning("%s states no frame rate: --fps %s samples it as if it ran at %s fps", path, fps, ASSUMED_FPS)
+        step = frame_step(clock, every, fps)
         chunk = _frames_per_chunk(cap)
         index = 0
         while True:
@@ -332,11 +340,10 @@ def video_rows(
 
     if smooth is not None:
         Smoother(smooth)  # validate before any work
-    cap = _open(path, getattr(classifier, "max_pixels", None))
+    cap = _open(path, getattr(classifier, "max_pixels", None))  # opened once, handed on
     total = int(cap.get(7) or 0)  # cv2.CAP_PROP_FRAME_COUNT
     size = (int(cap.get(3)), int(cap.get(4)))
-    native = native_fps(cap) or ASSUMED_FPS
-    cap.release()
+    clock = native_fps(cap) or ASSUMED_FPS  # the rule iter_video_faces samples by
     on_frames = None
     if progress is not None:
         task = progress.add_task(f"frames of {path.name}", total=total or None)
@@ -345,14 +352,15 @@ def video_rows(
             progress.advance(_task, n)
 
     with ExitStack() as stack:
+        stack.callback(cap.release)  # iter_video_faces releases it too; releasing twice is harmless
         on_annotated, annotated = None, None
         if annotate is not None:
             target = unique_path(
                 Path(annotate) / f"{path.stem}.annotated.mp4", reserved_paths([path]) if taken is None else taken
             )
             tmp = stack.enter_context(atomic_path(target))
-            step = frame_step(native, every, fps)
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), max(native / step, 1.0), size)
+            step = frame_step(clock, every, fps)  # the copy holds the sampled frames: it plays at their rate
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), max(clock / step, 1.0), size)
             stack.callback(writer.release)
             if not writer.isOpened():
                 raise FerSdkError(
@@ -374,6 +382,7 @@ def video_rows(
             smooth=smooth,
             summary=summary,
             annotated=annotated,
+            cap=cap,
         )
 
 

@@ -406,3 +406,27 @@ def test_tracker_follows_moving_and_reordered_faces():
     assert tracker.update(0.08, [face(75, 68, 130), face(390, 105)]) == [0, 1]
     assert tracker.update(0.12, [face(75, 68, 130), face(390, 105), face(250, 400)]) == [0, 1, 2]  # someone new
     assert tracker.update(0.16, [face(800, 600)]) == [3]  # far from every track: a new one
+
+
+def test_a_video_stating_no_frame_rate_is_sampled_and_annotated_at_the_assumed_rate(
+    clf, samples_dir, tmp_path, monkeypatch
+):
+    """--fps on a file without a frame rate samples as if it ran at ASSUMED_FPS (it used to sample every frame
+    while the annotated copy was written at the assumed rate: it played ~12x slow); time_s stays unknown, and the
+    annotated copy holds exactly the sampled frames at the sampled rate."""
+    import fer_sdk.video as video
+
+    image = cv2.imread(str(samples_dir / "two_faces.jpg"))
+    long_clip = make_test_video(tmp_path / "long.mp4", [image], frames_per_image=30, fps=10)
+    monkeypatch.setattr(video, "native_fps", lambda cap: 0.0)  # what OpenCV reports for such a file
+    out = tmp_path / "ann"
+    out.mkdir()
+    rows = list(video_rows(clf, long_clip, fps=5.0, annotate=out))
+    step = frame_step(video.ASSUMED_FPS, 1, 5.0)
+    frames = sorted({r["frame"] for r in rows})
+    assert step == 5 and frames == list(range(0, 30, step))
+    assert all(r["time_s"] is None for r in rows)
+    cap = cv2.VideoCapture(str(out / "long.annotated.mp4"))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == len(frames)
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(video.ASSUMED_FPS / step)
+    cap.release()
