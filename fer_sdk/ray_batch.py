@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DependencyError, FerSdkError, InvalidImageError, InvalidInputError
-from .photos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, analyze_each
+from .photos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, analyze_each, visible_files
 from .progress import is_debug, native_stderr_to_file
 from .rows import ROW_FIELDS, arrow_schema, empty_row, face_row
 
@@ -256,7 +256,9 @@ def _split_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
         suffix = path.suffix.lower()
         if path.is_dir():
             kind = _folder_kind(path, IMAGE_EXTENSIONS)
-            if kind is not None:  # a folder without images adds nothing, as without Ray
+            if kind == "folders":  # listed by the walk every pipeline uses (Ray's own would also skip "_" names)
+                kinds["files"] += [str(f) for f in visible_files(path) if f.suffix.lower() in IMAGE_EXTENSIONS]
+            elif kind is not None:  # a folder without images adds nothing, as without Ray
                 kinds[kind].append(str(path))
         elif path.is_file() and suffix in VIDEO_EXTENSIONS:
             raise InvalidInputError(f"{raw}: --ray classifies photos only; run videos without --ray")
@@ -272,7 +274,9 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
     """A ``ray.data.Dataset`` with ``path`` (string) and ``bytes`` (binary) columns from image folders,
     image files and Parquet.
 
-    Folders are searched recursively for image extensions (case-insensitive, videos are skipped); a folder whose
+    Folders are searched recursively for image extensions (case-insensitive, videos are skipped); local folders
+    with the walk every pipeline uses (``photos.visible_files``: dot files and dot folders skipped), folders given as
+    URIs by Ray Data's listing (which also skips names starting with ``_``); a folder whose
     first recognised file is ``.parquet`` is read as a Parquet dataset instead (e.g. Spark's output). Parquet needs
     a ``path`` column (a string naming each row: a file path or URI, or any id when ``bytes`` is present) and
     optionally a ``bytes`` column with the encoded image; rows without bytes are read from ``path`` by the actors.
@@ -292,7 +296,7 @@ def read_images(paths: Iterable[str | os.PathLike] | str | os.PathLike):
                 kinds["folders"], include_paths=True, num_cpus=_IO_CPUS, file_extensions=kinds["extensions"]
             )
         )
-    if kinds["files"]:  # named explicitly: taken whatever the extension, as without Ray
+    if kinds["files"]:  # named, or found in a local folder: each is read whatever its extension
         parts.append(ray.data.read_binary_files(kinds["files"], include_paths=True, num_cpus=_IO_CPUS))
     parts = [p.select_columns(["path", "bytes"], num_cpus=_IO_CPUS) for p in parts]  # fused or not: no CPU
     if kinds["parquet"]:

@@ -367,3 +367,18 @@ def test_cli_predict_ray_local(local_ray, photos, expected, tmp_path):
         assert needle in result.stderr
     assert not (tmp_path / "x").exists()
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_local_folders_are_walked_by_the_same_rule_as_without_ray(local_ray, tmp_path):
+    """Dot files and dot folders are skipped, "_" names kept: the single-process walk, not Ray's listing."""
+    from fer_sdk.photos import collect_inputs
+    from fer_sdk.ray_batch import read_images
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("a.jpg", "_b.jpg", ".c.jpg", "sub/_d.JPG", ".hidden/e.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    got = sorted(Path(r["path"]).name for r in read_images([tmp_path]).take_all())
+    assert got == ["_b.jpg", "_d.JPG", "a.jpg"]
+    assert got == sorted(p.name for p in collect_inputs([tmp_path])[0])
