@@ -10,7 +10,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fer_sdk.errors import InvalidInputError
@@ -118,3 +118,40 @@ def require_run(out: str | os.PathLike) -> None:
         raise InvalidInputError(
             f"--resume: {out} holds no run to resume (no config.json); check --out, or drop --resume to start one"
         )
+
+
+#: TrainConfig fields whose ``fer-sdk train`` option is not ``--field-name``; ``command`` is recorded, not an option.
+CLI_NAMES = {"augment_level": "--aug-level", "time_budget_s": "--time-budget"}
+NOT_OPTIONS = ("command",)
+
+
+def cli_option(name: str) -> str:
+    """The ``fer-sdk train`` option that sets the TrainConfig field ``name``."""
+    return CLI_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def cli_args(cfg: TrainConfig, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The ``fer-sdk train`` options that rebuild ``cfg`` (derived from its fields: a new field needs nothing
+    here unless its option is spelt differently, ``CLI_NAMES``). Booleans that default to False are flags
+    (``--snapshots``), those that default to True pairs (``--augment/--no-augment``); ``None`` is left out."""
+    args: list[str] = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in NOT_OPTIONS or f.name in skip or value is None:
+            continue
+        option = cli_option(f.name)
+        if isinstance(value, bool):
+            if f.default is False:
+                args += [option] if value else []
+            else:
+                args.append(option if value else "--no-" + option[2:])
+        else:
+            args += [option, str(value)]
+    return args
+
+
+def config_from_record(record: dict) -> TrainConfig:
+    """A TrainConfig from a run's recorded ``config`` (config.json, metrics.json): keys this version does not
+    know are dropped, missing ones take their defaults (an older run had those then)."""
+    known = {f.name for f in fields(TrainConfig)} - set(NOT_OPTIONS)
+    return TrainConfig(**{k: v for k, v in record.items() if k in known}, command=str(record.get("command", "")))

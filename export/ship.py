@@ -59,26 +59,16 @@ ENSEMBLE_LIMITS = [
 
 
 def reproduce_command(run_metrics: dict, out: str) -> str:
-    """The `fer-sdk train` command that reruns this recipe (the schedule length is the epochs it ran)."""
-    cfg = run_metrics["config"]
+    """The `fer-sdk train` command that reruns this recipe (the schedule length is the epochs it ran), derived
+    from the TrainConfig fields (``config.cli_args``)."""
+    from .config import cli_args, config_from_record
+
+    cfg = config_from_record({**run_metrics["config"], "epochs": run_metrics["epochs"]})
     backend = run_metrics.get("hardware", {}).get("backend", "tensorflow")
-    parts = [
-        f"KERAS_BACKEND={backend}" if backend != "tensorflow" else None,
-        f"fer-sdk train --arch {cfg['arch']} --data fer2013.csv.gz --out {out}",
-        f"--epochs {run_metrics['epochs']} --batch-size {cfg['batch_size']} --optimizer {cfg['optimizer']}",
-        f"--lr {cfg['lr']} --weight-decay {cfg['weight_decay']} --warmup-epochs {cfg['warmup_epochs']}",
-        f"--label-smoothing {cfg['label_smoothing']} --class-weighting {cfg['class_weighting']}",
-        f"--augment --aug-level {cfg.get('augment_level', 'strong')}" if cfg["augment"] else "--no-augment",
-        f"--dropout {cfg['dropout']} --fc-dropout {cfg['fc_dropout']}",
-        f"--init-from {cfg['init_from']}" if cfg.get("init_from") else None,
-        f"--seed {cfg['seed']}",
-        f"--precision {cfg['precision']}" if cfg.get("precision", "float32") != "float32" else None,
-        "--snapshots" if cfg.get("snapshots") else None,
-        f"--teacher {shlex.quote(cfg['teacher'])} --teacher-weight {cfg['teacher_weight']}"
-        if cfg.get("teacher")
-        else None,
-    ]
-    return " ".join(p for p in parts if p)
+    args = cli_args(cfg, skip=("arch", "time_budget_s"))  # the epochs it ran replace a time budget
+    prefix = [f"KERAS_BACKEND={backend}"] if backend != "tensorflow" else []
+    command = ["fer-sdk", "train", "--arch", cfg.arch, "--data", "fer2013.csv.gz", "--out", out, *args]
+    return " ".join(prefix + [shlex.quote(a) for a in command])
 
 
 def card_markdown(card: dict) -> str:
