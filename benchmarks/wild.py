@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -185,6 +184,7 @@ def update_cards(
     """Measure every bundled model and write its rows into its card (``photos_in_the_wild``), Markdown too."""
     from fer_sdk.export.ship import card_markdown
 
+    from fer_sdk.cards import ModelCard
     from fer_sdk.files import atomic_write_json, atomic_write_text
     from fer_sdk.framing import Framing
     from fer_sdk.registry import list_models, models_dir
@@ -195,13 +195,13 @@ def update_cards(
             continue
         report = measure_wild(folder, model=spec.name, limit=limit, log=log)
         card_path = models_dir() / spec.card
-        card = json.loads(card_path.read_text())
-        if card.get("sha256") != spec.sha256:
+        card = ModelCard.read(card_path)
+        if card.sha256 != spec.sha256:
             raise RuntimeError(f"{card_path} describes another file than {spec.file}; re-ship it first")
         from fer_sdk.classifier import Classifier
 
-        card["framing"] = Framing.from_metadata(Classifier(spec.name).metadata).name
-        card["photos_in_the_wild"] = {
+        framing = Framing.from_metadata(Classifier(spec.name).metadata).name
+        wild = {
             "data": Path(folder).name,
             "photos": report["photos"],
             "command": f"python -m fer_sdk.benchmarks.wild --data {Path(folder).name} --model {spec.name}",
@@ -209,8 +209,9 @@ def update_cards(
                 {k: r[k] for k in ("rule", "options", "found_rate", "accuracy", "macro_f1")} for r in report["rules"]
             ],
         }
-        atomic_write_json(card_path, card)
-        atomic_write_text(card_path.with_suffix(".md"), card_markdown(card))
+        card = card.replace(framing=framing, photos_in_the_wild=wild)
+        atomic_write_json(card_path, card.to_dict())
+        atomic_write_text(card_path.with_suffix(".md"), card_markdown(card.to_dict()))
         done.append(spec.name)
         log(f"{spec.name}: card updated")
     return done

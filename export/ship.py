@@ -16,11 +16,12 @@ import re
 import shlex
 from pathlib import Path
 
+from fer_sdk.cards import ModelCard
 from fer_sdk.errors import InvalidInputError, ModelError
 from fer_sdk.files import atomic_write_json, atomic_write_text
 from fer_sdk.framing import Framing
+from fer_sdk.registry import ModelSpec, sha256_file
 from fer_sdk.registry import models_dir as bundled_models_dir
-from fer_sdk.registry import sha256_file
 
 from .ensemble import build_ensemble, parse_members
 
@@ -63,7 +64,9 @@ def reproduce_command(run_metrics: dict, out: str) -> str:
     from the TrainConfig fields (``config.cli_args``)."""
     from .config import cli_args, config_from_record
 
-    cfg = config_from_record({**run_metrics["config"], "epochs": run_metrics["epochs"]})
+    # a weight-averaging stage ran 0 epochs (its card command is the averaging one): keep the recorded schedule
+    epochs = run_metrics["epochs"] or run_metrics["config"].get("epochs")
+    cfg = config_from_record({**run_metrics["config"], "epochs": epochs})
     backend = run_metrics.get("hardware", {}).get("backend", "tensorflow")
     args = cli_args(cfg, skip=("arch", "time_budget_s"))  # the epochs it ran replace a time budget
     prefix = [f"KERAS_BACKEND={backend}"] if backend != "tensorflow" else []
@@ -549,7 +552,7 @@ def ship_litert(
             "litert": litert,
         }
         name = f"{arch}-int8-litert"
-        manifest["models"][name] = {**_card(out, extra, data, public, models_dir, log, name=name), "backend": "litert"}
+        manifest["models"][name] = _card(out, extra, data, public, models_dir, log, name=name, backend="litert")
     manifest["models"] = dict(sorted(manifest["models"].items()))
     atomic_write_json(manifest_path, manifest)
     return manifest
@@ -587,7 +590,16 @@ def _plan_ensembles(manifest: dict, models_dir: Path, runs: dict, requested: dic
     return plan
 
 
-def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log, name: str | None = None) -> dict:
+def _card(
+    path: Path,
+    extra: dict,
+    data: Path,
+    public,
+    models_dir: Path,
+    log,
+    name: str | None = None,
+    backend: str = "onnxruntime",
+) -> dict:
     """Evaluate ``path`` on PublicTest (plain and flip TTA), write its card (json, md, png); return its manifest
     entry."""
     from fer_sdk.classifier import Classifier
@@ -598,51 +610,56 @@ def _card(path: Path, extra: dict, data: Path, public, models_dir: Path, log, na
     report = evaluate(data, split="PublicTest", classifier=clf, faces=public)
     tta = evaluate(data, split="PublicTest", classifier=Classifier(path, flip_tta=True), faces=public)
     meta = clf.model_metadata
-    card = {
-        "name": name,
-        "file": path.name,
-        "architecture": extra["architecture"],
-        "precision": meta.precision,
-        "parameters": extra["parameters"],
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-        "evaluation": {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
-        "evaluation_flip_tta": {k: tta[k] for k in ("accuracy", "macro_f1")},
-        "quantization": meta.quantization,
-        **{k: v for k, v in extra.items() if k in ("training", "ensemble", "litert")},
-        "evaluate_command": f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
-        "confusion_png": f"cards/{name}.png",
-        "known_limits": KNOWN_LIMITS + (ENSEMBLE_LIMITS if "ensemble" in extra else []),
-    }
-    card["framing"] = Framing.from_metadata(meta).name
+    card = ModelCard(
+        name=name,
+        file=path.name,
+        architecture=extra["architecture"],
+        precision=meta.precision,
+        parameters=extra["parameters"],
+        size_bytes=path.stat().st_size,
+        sha256=sha256_file(path),
+        evaluation={k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")},
+        evaluation_flip_tta={k: tta[k] for k in ("accuracy", "macro_f1")},
+        quantization=meta.quantization,
+        training=extra.get("training"),
+        ensemble=extra.get("ensemble"),
+        litert=extra.get("litert"),
+        evaluate_command=f"fer-sdk eval --data fer2013.csv.gz --split PublicTest --model {name}",
+        confusion_png=f"cards/{name}.png",
+        known_limits=KNOWN_LIMITS + (ENSEMBLE_LIMITS if "ensemble" in extra else []),
+        framing=Framing.from_metadata(meta).name,
+    )
     previous = models_dir / "cards" / f"{name}.json"
     if previous.is_file():  # photo-pipeline numbers measured on this very file stay (benchmarks.wild --cards)
-        old = json.loads(previous.read_text())
-        if old.get("sha256") == card["sha256"] and old.get("photos_in_the_wild"):
-            card["photos_in_the_wild"] = old["photos_in_the_wild"]
+        old = ModelCard.read(previous)
+        if old.sha256 == card.sha256 and old.photos_in_the_wild:
+            card = card.replace(photos_in_the_wild=old.photos_in_the_wild)
     from fer_sdk.benchmarks.plots import plot_confusion  # the benchmark report's figure, one drawing
 
     title = f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} %"
     plot_confusion(report, models_dir / "cards" / f"{name}.png", title=title)
-    atomic_write_json(models_dir / "cards" / f"{name}.json", card)
-    atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card))
+    atomic_write_json(models_dir / "cards" / f"{name}.json", card.to_dict())
+    atomic_write_text(models_dir / "cards" / f"{name}.md", card_markdown(card.to_dict()))
     log(f"{name}: PublicTest accuracy {100 * report['accuracy']:.2f} % (flip TTA {100 * tta['accuracy']:.2f} %)")
-    return {
-        "file": path.name,
-        "sha256": card["sha256"],
-        "architecture": card["architecture"],
-        "precision": card["precision"],
-        "parameters": card["parameters"],
-        "size_bytes": card["size_bytes"],
-        "metrics": {
+    spec = ModelSpec(
+        name=name,
+        file=path.name,
+        sha256=card.sha256,
+        architecture=card.architecture,
+        precision=card.precision,
+        parameters=card.parameters,
+        size_bytes=card.size_bytes,
+        metrics={
             "PublicTest": {
                 "accuracy": report["accuracy"],
                 "macro_f1": report["macro_f1"],
                 "accuracy_flip_tta": tta["accuracy"],
             }
         },
-        "card": f"cards/{name}.json",
-    }
+        card=f"cards/{name}.json",
+        backend=backend,
+    )
+    return spec.manifest_entry()
 
 
 def models_table(manifest: dict) -> str:

@@ -71,6 +71,13 @@ class ModelSpec:
     def card_path(self) -> Path | None:
         return None if self.card is None else models_dir() / self.card
 
+    def manifest_entry(self) -> dict[str, Any]:
+        """This model's object in ``manifest.json``: what ``fer-sdk models ship`` writes, ``spec_from_entry`` reads."""
+        entry = {k: v for k, v in self.to_dict().items() if k != "name" and v is not None}
+        if entry.get("backend") == "onnxruntime":  # the default is left out, as in every manifest so far
+            del entry["backend"]
+        return entry
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for ``fer-sdk models --json``)."""
         return {
@@ -104,7 +111,8 @@ def _read_manifest() -> dict[str, Any] | None:
     return manifest
 
 
-def _spec(name: str, entry: Any) -> ModelSpec:
+def spec_from_entry(name: str, entry: Any) -> ModelSpec:
+    """A manifest entry (``ModelSpec.manifest_entry``) read back, checked."""
     if not isinstance(entry, dict):
         raise ModelError(f"manifest entry {name!r} in {models_dir() / MANIFEST_NAME} is not an object; {REINSTALL}")
     try:
@@ -131,7 +139,7 @@ def list_models() -> list[ModelSpec]:
     manifest = _read_manifest()
     if manifest is None:
         return []
-    return [_spec(name, entry) for name, entry in manifest["models"].items()]
+    return [spec_from_entry(name, entry) for name, entry in manifest["models"].items()]
 
 
 def model_names() -> list[str]:
@@ -160,7 +168,7 @@ def get_spec(name: str) -> ModelSpec:
             f"unknown model {name!r}; choose one of: {', '.join(models) or '(none)'}, "
             "or pass a path to an exported .onnx file"
         )
-    return _spec(name, models[name])
+    return spec_from_entry(name, models[name])
 
 
 def default_model_name() -> str:

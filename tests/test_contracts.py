@@ -72,3 +72,41 @@ def test_an_int8_copy_is_a_replace(tiny_models):
     int8 = meta.replace(precision="int8", quantization={"format": "QDQ"}, metrics={})
     assert int8.to_dict()["quantization"] == {"format": "QDQ"} and int8.input == meta.input
     assert "quantization" not in meta.to_dict()
+
+
+def test_every_bundled_card_is_a_model_card_that_agrees_with_the_manifest():
+    from fer_sdk.cards import ModelCard
+    from fer_sdk.registry import list_models, spec_from_entry
+
+    specs = list_models()
+    assert specs
+    for spec in specs:
+        assert spec_from_entry(spec.name, spec.manifest_entry()) == spec  # written and read by one type
+        card = ModelCard.read(spec.card_path)
+        assert (card.name, card.file, card.sha256, card.size_bytes) == (
+            spec.name,
+            spec.file,
+            spec.sha256,
+            spec.size_bytes,
+        )
+        assert (card.parameters, card.precision, card.architecture) == (
+            spec.parameters,
+            spec.precision,
+            spec.architecture,
+        )
+        assert card.evaluation["accuracy"] == spec.metrics["PublicTest"]["accuracy"]
+        assert ModelCard.from_dict(card.to_dict()) == card
+    doc = DOC.read_text()
+    for f in dataclasses.fields(ModelCard):
+        if f.name != "extra":
+            assert f"`{f.name}`" in doc, f"docs/CONTRACTS.md does not describe the card field {f.name}"
+
+
+def test_a_malformed_card_is_a_model_error_with_the_fix(tmp_path):
+    from fer_sdk.cards import ModelCard
+
+    with pytest.raises(ModelError, match=r"lacks \['file', 'architecture'"):
+        ModelCard.from_dict({"name": "x"}, "x.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ModelError, match="cannot be read"):
+        ModelCard.read(tmp_path / "bad.json")
