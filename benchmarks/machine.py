@@ -54,7 +54,8 @@ def _cpuinfo() -> tuple[str | None, list[str]]:
     return model, flags
 
 
-def _cpu_model() -> tuple[str, list[str]]:
+def cpu_model() -> tuple[str, list[str]]:
+    """The CPU's model name and the flags among ``_FLAGS`` it has (the one place the CPU is described)."""
     model, flags = _cpuinfo()
     if model is None and sys.platform == "darwin":
         import subprocess
@@ -125,7 +126,7 @@ def command_line() -> str:
 
 def describe_machine() -> dict:
     """JSON-ready description of this machine and run (see the module docstring)."""
-    cpu, flags = _cpu_model()
+    cpu, flags = cpu_model()
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
+
 from .config import ARCHITECTURES
 
-INPUT_SHAPE = (48, 48, 1)
-NUM_CLASSES = 7
+INPUT_SHAPE = (*INPUT_SIZE, 1)
+NUM_CLASSES = len(EMOTIONS)
 
 
 def _conv_block(x, filters: int, kernel: int, dropout: float, name: str):
@@ -33,19 +35,19 @@ def _dense_block(x, units: int, dropout: float, name: str):
 
 def build_shallow(dropout: float = 0.25, fc_dropout: float = 0.5) -> keras.Model:
     """Two conv layers (32, 64 filters of 3x3, each BN + ReLU + 2x2 max-pool + dropout), FC 512, softmax."""
-    inputs = keras.Input(INPUT_SHAPE, name="faces")
+    inputs = keras.Input(INPUT_SHAPE, name=INPUT_NAME)
     x = _conv_block(inputs, 32, 3, dropout, "block1")
     x = _conv_block(x, 64, 3, dropout, "block2")
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(512, activation="relu", name="fc1_dense")(x)
     x = layers.Dropout(fc_dropout, name="fc1_drop")(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name="fer_shallow")
 
 
 def build_deep(dropout: float = 0.25, fc_dropout: float = 0.5) -> keras.Model:
     """4 conv + 2 FC layers: exactly the table in the model-factory issue (4,478,727 parameters)."""
-    inputs = keras.Input(INPUT_SHAPE, name="faces")
+    inputs = keras.Input(INPUT_SHAPE, name=INPUT_NAME)
     x = _conv_block(inputs, 64, 3, dropout, "block1")
     x = _conv_block(x, 128, 5, dropout, "block2")
     x = _conv_block(x, 512, 3, dropout, "block3")
@@ -53,7 +55,7 @@ def build_deep(dropout: float = 0.25, fc_dropout: float = 0.5) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = _dense_block(x, 256, fc_dropout, "fc1")
     x = _dense_block(x, 512, fc_dropout, "fc2")
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name="fer_deep")
 
 

@@ -123,6 +123,8 @@ def require_run(out: str | os.PathLike) -> None:
 #: TrainConfig fields whose ``fer-sdk train`` option is not ``--field-name``; ``command`` is recorded, not an option.
 CLI_NAMES = {"augment_level": "--aug-level", "time_budget_s": "--time-budget"}
 NOT_OPTIONS = ("command",)
+#: Options that mean something only with another one (``fer-sdk train`` refuses them alone).
+REQUIRES = {"teacher_weight": "teacher"}
 
 
 def cli_option(name: str) -> str:
@@ -138,6 +140,8 @@ def cli_args(cfg: TrainConfig, *, skip: tuple[str, ...] = ()) -> list[str]:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in NOT_OPTIONS or f.name in skip or value is None:
+            continue
+        if f.name in REQUIRES and getattr(cfg, REQUIRES[f.name]) is None:
             continue
         option = cli_option(f.name)
         if isinstance(value, bool):

@@ -29,6 +29,7 @@ from fer_sdk.files import atomic_write_bytes
 from fer_sdk.framing import FER2013
 from fer_sdk.metadata import InputSpec, ModelMetadata, OutputSpec
 from fer_sdk.registry import sha256_file
+from fer_sdk.runtime import create_session
 
 #: Parity needs enough faces to exercise every class and the batch path.
 MIN_PARITY_FACES = 256
@@ -68,24 +69,12 @@ def _require_train_extra():
     return tf, keras, tf2onnx, onnx
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def producer_versions() -> dict:
     """Versions of the tools that produced an ONNX file (recorded in its metadata)."""
-    names = {
-        "fer_sdk": "fer-sdk",
-        "tf2onnx": "tf2onnx",
-        "tensorflow": "tensorflow",
-        "keras": "keras",
-        "onnx": "onnx",
-        "onnxruntime": "onnxruntime",
-    }
-    return {key: _version(dist) for key, dist in names.items()}
+    from fer_sdk.benchmarks.machine import versions
+
+    found = versions()  # the one place installed versions are looked up (benchmark reports use it too)
+    return {key: found[key] for key in ("fer_sdk", "tf2onnx", "tensorflow", "keras", "onnx", "onnxruntime")}
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -314,14 +303,6 @@ def stamp(model, meta: ModelMetadata) -> None:
     model.graph.name = f"fer_{meta.architecture}_{meta.precision}"
 
 
-def ort_session(model_bytes: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
 def ort_predict(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run ``session`` on float32 (N, 48, 48, 1) input in batches; return (N, 7) probabilities."""
     out = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
@@ -399,7 +380,7 @@ def export_onnx(
 
     x = faces_to_input(parity_faces)
     expected = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
-    got = ort_predict(ort_session(data), x)
+    got = ort_predict(create_session(data), x)
     if got.shape != expected.shape:
         raise ModelError(f"ONNX output has shape {got.shape}, Keras {expected.shape}; not writing {out_path}")
     parity = _parity(expected, got, PARITY_ATOL)

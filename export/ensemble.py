@@ -21,18 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
+from fer_sdk.constants import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
 from fer_sdk.errors import TRAIN_EXTRA_HINT, InvalidInputError, ModelError
 from fer_sdk.files import atomic_write_bytes, check_output_file
 from fer_sdk.metadata import ModelMetadata
 from fer_sdk.registry import resolve_model
+from fer_sdk.runtime import create_session
 
 from .convert import (
     PARITY_ATOL,
     SUM_ATOL,
     checked_bytes,
     ort_predict,
-    ort_session,
     producer_versions,
     require_modules,
     stamp,
@@ -93,7 +93,7 @@ def _load_member(model, onnx) -> _Member:
     try:
         data = path.read_bytes()
         proto = onnx.load_from_string(data)
-        session = ort_session(data)
+        session = create_session(data)
     except Exception as exc:  # noqa: BLE001 - protobuf, ONNX Runtime and OS errors all mean "not a usable model"
         raise ModelError(
             f"ensemble member {str(model)!r} ({path}) is not a loadable ONNX model ({type(exc).__name__}: {exc}); "
@@ -266,10 +266,10 @@ def build_ensemble(members, out: str | os.PathLike, *, log=print) -> dict:
     stamp(proto, meta)
     data = checked_bytes(proto, "ensemble")
 
-    faces = np.random.default_rng(0).random((CHECK_FACES, 48, 48, 1), dtype=np.float32)
+    faces = np.random.default_rng(0).random((CHECK_FACES, *INPUT_SIZE, 1), dtype=np.float32)
     try:
         expected = sum(w * ort_predict(m.session, faces) for m, w in zip(loaded, weights))
-        got = ort_predict(ort_session(data), faces)
+        got = ort_predict(create_session(data), faces)
     except Exception as exc:  # noqa: BLE001 - an ONNX Runtime failure on the merged graph is a model problem
         raise ModelError(f"ONNX Runtime cannot run the merged ensemble ({exc}); {out} was not written") from None
     diff = float(np.max(np.abs(got - expected)))

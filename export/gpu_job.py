@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_sdk.constants import INPUT_SIZE
+
 RECIPES = {
     "shallow": {"arch": "shallow", "epochs": 60, "optimizer": "sgd"},
     "deep-sgd": {"arch": "deep", "epochs": 150, "optimizer": "sgd"},
@@ -47,7 +49,7 @@ def load_arrays(pixels: Path, labels: Path):
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"--labels {labels}: not an npz holding y_train and y_val ({exc})") from None
     try:
-        raw = np.frombuffer(lzma.decompress(pixels.read_bytes()), dtype=np.uint8).reshape(-1, 48, 48)
+        raw = np.frombuffer(lzma.decompress(pixels.read_bytes()), dtype=np.uint8).reshape(-1, *INPUT_SIZE)
     except (OSError, lzma.LZMAError, ValueError) as exc:
         raise DatasetError(f"--pixels {pixels}: not xz-compressed uint8 48x48 faces ({exc})") from None
     if len(raw) != len(y_train) + len(y_val):

@@ -31,6 +31,7 @@ from fer_sdk.constants import INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import TRAIN_EXTRA_HINT, InvalidInputError, ModelError
 from fer_sdk.files import atomic_write_bytes
 from fer_sdk.progress import counter
+from fer_sdk.runtime import create_session
 
 from .convert import (
     SUM_ATOL,
@@ -39,7 +40,6 @@ from .convert import (
     faces_to_input,
     onnx_metadata,
     ort_predict,
-    ort_session,
     require_modules,
     stamp,
 )
@@ -249,7 +249,7 @@ def quantize_int8(
     stamp(model, int8_meta)
     data = checked_bytes(model, "quantized")
 
-    int8_session = ort_session(data)
+    int8_session = create_session(data)
     check_x = faces_to_input(eval_faces if eval_faces is not None else calibration_faces[:256])
     row_error = float(np.max(np.abs(ort_predict(int8_session, check_x).sum(1, dtype=np.float64) - 1.0)))
     if not row_error <= SUM_ATOL:
@@ -268,7 +268,7 @@ def quantize_int8(
     }
     if eval_faces is not None:
         evaluation = _accuracy_report(
-            {"fp32": ort_session(fp32_bytes), "int8": int8_session},
+            {"fp32": create_session(fp32_bytes), "int8": int8_session},
             faces_to_input(eval_faces),
             eval_labels,
             {"fp32": len(fp32_bytes), "int8": len(data)},

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.errors import ModelError
+from fer_sdk.runtime import create_session
 
 from .convert import onnx_metadata
 
@@ -30,7 +31,6 @@ def recover_network(onnx_path: str | Path, faces: np.ndarray, *, max_diff: float
     """The Keras network of a fer-sdk fp32 ONNX export; ``faces`` uint8 (N, 48, 48) set the BN statistics and
     the parity check (raises ``ModelError`` beyond ``max_diff``)."""
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     from .architectures import build
@@ -54,7 +54,7 @@ def recover_network(onnx_path: str | Path, faces: np.ndarray, *, max_diff: float
         add = next(n for n in model.graph.node if n.op_type == "Add" and n.input[0] == mul.output[0])
         bn[layer.name] = (mul.input[0], inits[mul.input[1]].reshape(-1), inits[add.input[1]].reshape(-1))
         model.graph.output.append(onnx.helper.make_tensor_value_info(mul.input[0], onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = create_session(model.SerializeToString())  # with the batch norms' inputs as extra outputs
     names = [o.name for o in session.get_outputs()]
     sums = {k: 0.0 for k in bn}
     squares = {k: 0.0 for k in bn}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.constants import EMOTIONS
+from fer_sdk.constants import EMOTIONS, INPUT_SIZE
 from fer_sdk.errors import DatasetError, InvalidInputError
 from fer_sdk.files import atomic_path, atomic_write_json
 from fer_sdk.metrics import classification_report
@@ -57,7 +57,7 @@ class Splits:
     def __post_init__(self) -> None:
         for part in ("train", "val"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
-            if x.ndim != 3 or x.shape[1:] != (48, 48) or x.dtype != np.uint8:
+            if x.ndim != 3 or x.shape[1:] != INPUT_SIZE or x.dtype != np.uint8:
                 raise DatasetError(f"x_{part} must be uint8 (N, 48, 48); got {x.dtype} {x.shape}")
             if len(x) != len(y) or len(x) == 0:
                 raise DatasetError(f"x_{part} has {len(x)} faces but y_{part} has {len(y)} labels")
@@ -178,13 +178,14 @@ def build_training_model(cfg: TrainConfig):
 
 def hardware() -> dict:
     import keras
+    from fer_sdk.benchmarks.machine import cpu_model
 
     info = {
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model()[0],
         "cpu_count": os.cpu_count(),
         "accelerators": [],
     }
@@ -208,16 +209,6 @@ def hardware() -> dict:
         info["accelerators_error"] = repr(exc)
     info["device"] = ", ".join(info["accelerators"]) or f"CPU ({info['cpu']}, {info['cpu_count']} cores)"
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class _RunCallback:
@@ -265,39 +256,65 @@ class _RunCallback:
                 self._close_bar()
                 logs = dict(logs or {})
                 seconds = time.perf_counter() - self._t0
-                state["wall_time_s"] += seconds
-                record = {
-                    "epoch": epoch + 1,
-                    "lr": self._lr,
-                    "seconds": round(seconds, 2),
-                    **{k: float(v) for k, v in logs.items()},
-                }
-                state["history"].append(record)
-                val_acc = float(logs.get("val_accuracy", float("nan")))
-                improved = val_acc > state["best_val_accuracy"]
-                net = float32_network(self.model.layers[-1]) if improved or cfg.snapshots else None
-                if improved:
-                    state["best_val_accuracy"] = val_acc
-                    state["best_epoch"] = epoch + 1
-                save_epoch_network(net, out, epoch + 1, best=improved, snapshot=cfg.snapshots)
-                with atomic_path(out / "last.keras") as tmp:
-                    self.model.save(tmp)
-                state["epochs_done"] = epoch + 1
-                self._apply_budget(epoch)
-                atomic_write_json(out / "state.json", state)  # written last: it names a saved epoch
-                log(
-                    f"epoch {epoch + 1}/{state['planned_epochs']}  lr {self._lr:.5f}  "
-                    f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}  "
-                    f"val_acc {val_acc:.4f}  best {state['best_val_accuracy']:.4f}@{state['best_epoch']}  "
-                    f"{seconds:.1f}s"
+
+                def save_last():
+                    with atomic_path(out / "last.keras") as tmp:
+                        self.model.save(tmp)
+
+                end_epoch(
+                    cfg,
+                    state,
+                    out,
+                    epoch,
+                    lr=self._lr,
+                    seconds=seconds,
+                    metrics={k: float(v) for k, v in logs.items()},
+                    network=lambda: float32_network(self.model.layers[-1]),
+                    save_last=save_last,
+                    log=log,
                 )
                 if epoch + 1 >= state["planned_epochs"]:
                     self.model.stop_training = True
 
-            def _apply_budget(self, epoch):
-                apply_time_budget(cfg, state, epoch, log)
-
         return RunCallback()
+
+
+def end_epoch(
+    cfg: TrainConfig,
+    state: dict,
+    out: Path,
+    epoch: int,
+    *,
+    lr: float,
+    seconds: float,
+    metrics: dict,
+    network,
+    log,
+    save_last=None,
+) -> bool:
+    """The end of 0-based ``epoch``, one rule for the Keras callback and the JAX loop: its history row, the best
+    epoch, the epoch's networks saved (``network()`` gives the float32 network, asked for only when one is
+    saved), ``save_last()`` (the resumable training model), the time budget, ``state.json`` written last (it
+    names a saved epoch) and the progress line. Returns whether the epoch improved on the best."""
+    state["wall_time_s"] += seconds
+    state["history"].append({"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2), **metrics})
+    val_acc = float(metrics.get("val_accuracy", float("nan")))
+    improved = val_acc > state["best_val_accuracy"]
+    net = network() if improved or cfg.snapshots else None
+    if improved:
+        state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch + 1
+    save_epoch_network(net, out, epoch + 1, best=improved, snapshot=cfg.snapshots)
+    if save_last is not None:
+        save_last()
+    state["epochs_done"] = epoch + 1
+    apply_time_budget(cfg, state, epoch, log)
+    atomic_write_json(out / "state.json", state)
+    log(
+        f"epoch {epoch + 1}/{state['planned_epochs']}  lr {lr:.5f}  loss {metrics.get('loss', float('nan')):.4f}  "
+        f"acc {metrics.get('accuracy', float('nan')):.4f}  val_acc {val_acc:.4f}  "
+        f"best {state['best_val_accuracy']:.4f}@{state['best_epoch']}  {seconds:.1f}s"
+    )
+    return improved
 
 
 def apply_time_budget(cfg: TrainConfig, state: dict, epoch: int, log) -> None:

@@ -416,3 +416,40 @@ def test_mixed_bfloat16_trains_and_saves_float32_networks(splits, tmp_path):
     assert resumed.output.dtype == "float32"
     with pytest.raises(InvalidInputError, match="precision"):
         train(small_config(epochs=3), splits, tmp_path / "bf16", resume=True, log=quiet)
+
+
+_JAX_CHILD = """
+import json, sys
+from pathlib import Path
+from conftest import read_fer_rows
+from fer_sdk.export.jax_loop import train_on_device
+from fer_sdk.export.train import Splits, TrainConfig
+x, y = read_fer_rows(400)
+cfg = TrainConfig(arch="shallow", epochs=2, batch_size=32, seed=0, command="pytest", snapshots=True)
+metrics = train_on_device(cfg, Splits(x[:300], y[:300], x[300:], y[300:]), Path(sys.argv[1]), log=print)
+print("METRICS", json.dumps({"epochs": metrics["epochs"]}))
+"""
+
+
+@pytest.mark.train
+def test_the_jax_loop_keeps_the_same_epoch_records_as_keras(tmp_path):
+    """export.jax_loop (the GPU machine's loop, Keras 3 on JAX) ends each epoch through train.end_epoch: the same
+    state.json, history rows, best and snapshot networks and log lines as the Keras callback."""
+    pytest.importorskip("jax")
+    if not FER_CSV.is_file():
+        pytest.skip(f"FER2013 not found at {FER_CSV}")
+    run = tmp_path / "run"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", _JAX_CHILD, str(run)], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["epochs_done"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2]
+    assert set(state["history"][0]) == {"epoch", "lr", "seconds", "loss", "accuracy", "val_accuracy"}
+    assert 1 <= state["best_epoch"] <= 2 and state["best_val_accuracy"] == max(
+        h["val_accuracy"] for h in state["history"]
+    )
+    assert (run / "best.keras").is_file() and len(list((run / "snapshots").glob("epoch_*.keras"))) == 2
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert (run / "metrics.json").is_file()

@@ -65,6 +65,11 @@ def test_every_field_is_a_train_option_and_the_command_rebuilds_the_recipe(tmp_p
     assert {k: v for k, v in rebuilt.items() if k != "command"} == {
         k: v for k, v in dataclasses.asdict(cfg).items() if k != "command"
     }
+    plain = TrainConfig(arch="deep", command="x")  # the defaults, no teacher: no --teacher-weight either
+    assert "--teacher-weight" not in cli_args(plain)
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "plain"), *cli_args(plain)])
+    assert result.exit_code == 0, result.output
+    assert dataclasses.replace(seen["cfg"], command="x") == plain
 
 
 def test_a_recorded_recipe_is_read_back_and_reproduced(tmp_path):
