@@ -121,13 +121,15 @@ def export_tflite(
     calibration_faces: np.ndarray | None = None,
     parity_faces: np.ndarray | None = None,
     reference=None,
+    min_agreement: float | None = None,
     log=print,
 ) -> dict:
     """Convert the Keras ``net`` to ``out`` (float32, or full-integer INT8 with ``int8=True``), embed
     ``metadata`` (precision, output kind and a ``quantization`` block are set here; ``float_head=True`` keeps the
     last dense layer in float32, see ``_float_head``) and check the file with
     ``fer_sdk.litert`` against ``reference`` (a ``Classifier``, usually the fp32 ONNX twin) on
-    ``parity_faces``: the argmax agreement goes into the report. Written atomically; returns a report."""
+    ``parity_faces``: the argmax agreement goes into the report. Written atomically, unless the agreement is
+    under ``min_agreement`` (then nothing is written: ``report["written"]`` says which); returns a report."""
     from fer_sdk.classifier import Classifier
     from fer_sdk.litert import LiteRTSession
 
@@ -169,6 +171,9 @@ def export_tflite(
             f"{out.name}: argmax agreement with {reference.model_name} {report['parity']['argmax_agreement']:.2%} "
             f"on {len(parity_faces)} faces, max |p diff| {report['parity']['max_abs_prob_diff']:.3f}"
         )
+    if min_agreement is not None and report.get("parity", {}).get("argmax_agreement", 0.0) < min_agreement:
+        log(f"{out.name}: under the {min_agreement:.1%} agreement it needs; not written")
+        return {**report, "written": False}
     atomic_write_bytes(out, data)
     log(f"wrote {out} ({len(data) / 1e6:.2f} MB, {meta.precision})")
-    return report
+    return {**report, "written": True}

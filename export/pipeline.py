@@ -51,13 +51,20 @@ def export_model(
     calibration_size: int | None = None,
     opset: int = 17,
     seed: int = 0,
+    fmt: str = "onnx",
     log=print,
 ) -> list[Path]:
     """Export ``source`` to ``out`` (fp32); with ``int8`` also ``<out>-int8.onnx``. Returns written paths.
 
-    ``calibration`` / ``calibration_size`` (default 1,000 faces) only apply with ``int8``.
+    ``calibration`` / ``calibration_size`` (default 1,000 faces) only apply with ``int8``. ``fmt="tflite"``
+    writes LiteRT files instead (``export/litert.py``): float32, and with ``int8`` ``<out>-int8.tflite`` from the
+    same calibration faces, full integer or, when that misses 98.5 % argmax agreement, INT8 with the last dense
+    layer in float32; the float32 file must agree with Keras on >= 99.5 % of the evaluation faces.
     """
     from .convert import export_onnx
+
+    if fmt not in ("onnx", "tflite"):
+        raise InvalidInputError(f"--format {fmt!r}: choose onnx or tflite")
 
     if not int8 and (calibration is not None or calibration_size is not None):
         raise InvalidInputError(
@@ -76,6 +83,9 @@ def export_model(
             )
     inputs = [p for p in (source, data, calibration) if p is not None]
     check_output_file(out, option="--out", inputs=inputs)
+    suffix = ".tflite" if fmt == "tflite" else ".onnx"
+    if Path(out).suffix.lower() != suffix:
+        raise InvalidInputError(f"--out {out}: a {fmt} export is written to a {suffix} file (e.g. --out deep{suffix})")
     if int8:
         check_output_file(int8_path(out), option="--out (its INT8 twin)", inputs=inputs)
     data_splits = read_fer2013(
@@ -85,6 +95,9 @@ def export_model(
     if int8:  # read the calibration faces before converting: a bad file fails in seconds, with nothing written
         cal_splits = data_splits if calibration is None else read_fer2013(calibration, splits="Training")
         x_cal, _, cal_name = _faces(cal_splits, calibration or data, ("Training",))
+    if fmt == "tflite":
+        calibration_faces = calibration_pick(x_cal, calibration_size, seed) if int8 else None
+        return _export_litert(source, Path(out), x_eval, calibration_faces, log)
     export_onnx(source, out, parity_faces=x_eval[:PARITY_FACES], opset=opset, log=log)
     written = [Path(out)]
     if int8:
@@ -105,4 +118,70 @@ def export_model(
             log=log,
         )
         written.append(int8_path(out))
+    return written
+
+
+#: LiteRT parity with the Keras network on the evaluation faces (argmax agreement), float32 and INT8.
+LITERT_FLOAT_AGREEMENT = 0.995
+LITERT_INT8_AGREEMENT = 0.985
+
+
+class _KerasReference:
+    """The Keras network behind the ``predict_proba`` that ``export_tflite``'s parity check calls."""
+
+    def __init__(self, net, name: str) -> None:
+        self.net, self.model_name = net, name
+
+    def predict_proba(self, faces: np.ndarray) -> np.ndarray:
+        from .convert import faces_to_input
+
+        return np.asarray(self.net.predict(faces_to_input(faces), batch_size=256, verbose=0), dtype=np.float32)
+
+
+def _export_litert(source, out: Path, x_eval: np.ndarray, calibration_faces: np.ndarray | None, log) -> list[Path]:
+    from fer_sdk.errors import ModelError
+
+    from .architectures import float32_network
+    from .convert import _architecture_from_name, _load_source, _require_train_extra, build_metadata, summarize_metrics
+    from .litert import export_tflite
+
+    _, keras, _, _ = _require_train_extra()
+    model, source_sha256, run_metrics, architecture, described = _load_source(source, keras)
+    net = float32_network(model)
+    meta = build_metadata(
+        architecture=architecture or _architecture_from_name(net),
+        parameters=net.count_params(),
+        source_sha256=source_sha256,
+        metrics=summarize_metrics(run_metrics),
+    )
+    reference = _KerasReference(net, described)
+    plans = [(out, False, False, LITERT_FLOAT_AGREEMENT)]
+    if calibration_faces is not None:
+        plans += [
+            (int8_path(out), True, False, LITERT_INT8_AGREEMENT),
+            (int8_path(out), True, True, LITERT_INT8_AGREEMENT),
+        ]
+    written: list[Path] = []
+    for path, int8, float_head, needed in plans:
+        if path in written:  # full integer passed: no float-head fallback
+            continue
+        report = export_tflite(
+            net,
+            path,
+            metadata=meta,
+            int8=int8,
+            float_head=float_head,
+            calibration_faces=calibration_faces,
+            parity_faces=x_eval,
+            reference=reference,
+            min_agreement=needed,
+            log=log,
+        )
+        if report["written"]:
+            written.append(path)
+        elif not int8 or float_head:
+            raise ModelError(
+                f"{path.name}: argmax agreement with Keras {report['parity']['argmax_agreement']:.2%} is under "
+                f"{needed:.1%}; not written"
+            )
     return written

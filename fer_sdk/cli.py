@@ -169,6 +169,11 @@ class Precision(str, Enum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    tflite = "tflite"
+
+
 class AugLevel(str, Enum):
     strong = "strong"
     light = "light"
@@ -782,7 +787,7 @@ def train(
 @app.command()
 def export(
     source: Annotated[Path, typer.Argument(help="A training run folder or a .keras file.", exists=True)],
-    out: Annotated[Path, typer.Option(help="The .onnx file to write (atomically).")],
+    out: Annotated[Path, typer.Option(help="The .onnx (or, with --format tflite, .tflite) file to write.")],
     data: Annotated[
         Path, typer.Option(help="FER2013 CSV / folder: faces for the parity check (and INT8 calibration).")
     ],
@@ -794,6 +799,10 @@ def export(
         int | None, typer.Option(min=1, help="Training faces that calibrate INT8 (>= 500; default 1000). Needs --int8.")
     ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="onnx (tf2onnx) or tflite (LiteRT: float32, with --int8 also INT8)."),
+    ] = ExportFormat.onnx,
 ) -> None:
     """Convert a trained Keras model to ONNX with tf2onnx (parity-checked), optionally quantize to INT8."""
     with _errors():
@@ -808,6 +817,7 @@ def export(
             calibration=calibration,
             calibration_size=calibration_size,
             opset=opset,
+            fmt=fmt.value,
             log=_info,
         ):
             typer.echo(str(path))

@@ -429,3 +429,31 @@ def test_a_bfloat16_network_exports_as_float32(run, data, tmp_path):
     assert report["parity"]["max_abs_diff"] <= 1e-4
     plain = _session(tmp_path / "bf16.onnx").run(None, {graph.input[0].name: _x(data["parity"][0])})[0]
     np.testing.assert_allclose(plain, net.predict(_x(data["parity"][0]), verbose=0), atol=1e-4)
+
+
+def test_export_format_tflite_writes_float32_and_int8_litert_files(run, tmp_path):
+    """`fer-sdk export --format tflite --int8`: float32 (agreeing with Keras) and INT8 .tflite files with the
+    metadata inside, the INT8 one from the same calibration faces as the ONNX INT8 model."""
+    pytest.importorskip("ai_edge_litert")
+    from conftest import write_small_fer_csv
+    from typer.testing import CliRunner
+
+    from fer_sdk import Classifier
+    from fer_sdk.cli import app
+
+    data = write_small_fer_csv(tmp_path / "small.csv", 600, 300)
+    out = tmp_path / "shallow.tflite"
+    args = ["export", str(run), "--out", str(out), "--data", str(data), "--format", "tflite", "--int8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(out), str(tmp_path / "shallow-int8.tflite")]
+    fp32, int8 = Classifier(out), Classifier(tmp_path / "shallow-int8.tflite")
+    assert fp32.model_metadata.precision == "fp32" and fp32.model_metadata.architecture == "shallow"
+    assert int8.model_metadata.precision == "int8"
+    assert int8.model_metadata.quantization["calibration_faces"] == 600  # all Training rows of the small file
+    faces = read_fer_rows(CSV, 64)[0]
+    assert fp32.predict_proba(faces).shape == int8.predict_proba(faces).shape == (64, 7)
+    result = CliRunner().invoke(
+        app, ["export", str(run), "--out", str(tmp_path / "x.onnx"), "--data", str(data), "--format", "tflite"]
+    )
+    assert result.exit_code == 2 and "a tflite export is written to a .tflite file" in result.stderr
