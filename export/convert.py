@@ -29,7 +29,7 @@ from fer_sdk.files import atomic_write_bytes
 from fer_sdk.framing import FER2013
 from fer_sdk.metadata import InputSpec, ModelMetadata, OutputSpec
 from fer_sdk.registry import sha256_file
-from fer_sdk.runtime import create_session
+from fer_sdk.runtime import create_session, run_batches
 
 #: Parity needs enough faces to exercise every class and the batch path.
 MIN_PARITY_FACES = 256
@@ -45,6 +45,9 @@ SCALE = 1.0 / 255.0
 OFFSET = 0.0
 
 _TRAIN_EXTRA = TRAIN_EXTRA_HINT
+#: The shapes messages name: the faces as stored, ``(N, 48, 48)``, and the model input, ``(N, 48, 48, 1)``.
+_FACES = f"(N, {INPUT_SIZE[0]}, {INPUT_SIZE[1]})"
+_MODEL_INPUT = f"(N, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}, 1)"
 
 
 def require_modules(*names: str, needs: str, install: str) -> list:
@@ -83,10 +86,10 @@ def producer_versions() -> dict:
 def check_faces(faces, *, name: str, minimum: int, purpose: str, source: str = "FER2013 PublicTest") -> np.ndarray:
     """Validate uint8 (N, 48, 48) faces with N >= ``minimum``; return them as a contiguous array."""
     if not isinstance(faces, np.ndarray):
-        raise InvalidInputError(f"{name} must be a numpy uint8 array (N, 48, 48); got {type(faces).__name__}")
+        raise InvalidInputError(f"{name} must be a numpy uint8 array {_FACES}; got {type(faces).__name__}")
     if faces.dtype != np.uint8 or faces.ndim != 3 or faces.shape[1:] != INPUT_SIZE:
         raise InvalidInputError(
-            f"{name} must be uint8 (N, 48, 48) grayscale faces as stored in FER2013; got {faces.dtype} {faces.shape}"
+            f"{name} must be uint8 {_FACES} grayscale faces as stored in FER2013; got {faces.dtype} {faces.shape}"
         )
     if len(faces) < minimum:
         raise InvalidInputError(
@@ -196,7 +199,7 @@ def _check_model_contract(model) -> None:
     in_shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
     out_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
     if in_shape is None or in_shape[1:] != (*INPUT_SIZE, 1):
-        raise ModelError(f"model {model.name!r} must take one (N, 48, 48, 1) input; it takes {model.inputs}")
+        raise ModelError(f"model {model.name!r} must take one {_MODEL_INPUT} input; it takes {model.inputs}")
     if out_shape is None or out_shape[1:] != (len(EMOTIONS),):
         raise ModelError(
             f"model {model.name!r} must return one (N, {len(EMOTIONS)}) output; it returns {model.outputs}"
@@ -272,7 +275,7 @@ def describe(meta: ModelMetadata) -> str:
     """``doc_string`` for an exported model."""
     return (
         f"fer-sdk {meta.architecture} FER2013 expression classifier ({meta.precision}): "
-        f"{INPUT_NAME} float32 (N, 48, 48, 1) gray in [0, 1] -> {OUTPUT_NAME} float32 (N, {len(EMOTIONS)}) "
+        f"{INPUT_NAME} float32 {_MODEL_INPUT} gray in [0, 1] -> {OUTPUT_NAME} float32 (N, {len(EMOTIONS)}) "
         f"softmax over {', '.join(EMOTIONS)}. Metadata key {METADATA_KEY!r} holds the full spec."
     )
 
@@ -304,8 +307,9 @@ def stamp(model, meta: ModelMetadata) -> None:
 
 
 def ort_predict(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Run ``session`` on float32 (N, 48, 48, 1) input in batches; return (N, 7) probabilities."""
-    out = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    """Run ``session`` on float32 (N, 48, 48, 1) input in batches (``runtime.run_batches``); return (N, 7)
+    probabilities."""
+    out = [probs for (probs,) in run_batches(session, x, batch_size, outputs=[OUTPUT_NAME], input_name=INPUT_NAME)]
     return np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
 
 

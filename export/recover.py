@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_sdk.errors import ModelError
-from fer_sdk.runtime import create_session
+from fer_sdk.runtime import create_session, run_batches
 
 from .convert import onnx_metadata
 
@@ -60,8 +60,8 @@ def recover_network(onnx_path: str | Path, faces: np.ndarray, *, max_diff: float
     squares = {k: 0.0 for k in bn}
     counts = dict.fromkeys(bn, 0)
     probabilities = []
-    for i in range(0, len(x), 256):
-        result = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x[i : i + 256]})))
+    for outputs in run_batches(session, x, 256):  # every output: the probabilities, then the batch norms' inputs
+        result = dict(zip(names, outputs))
         probabilities.append(result[names[0]])
         for key, (tensor, _, _) in bn.items():
             a = result[tensor].astype(np.float64)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_sdk.constants import EMOTIONS, INPUT_SIZE
+from fer_sdk.constants import EMOTIONS, INPUT_NAME, INPUT_SIZE
 from fer_sdk.errors import DatasetError, InvalidInputError
 from fer_sdk.files import atomic_path, atomic_write_json
 from fer_sdk.metrics import classification_report
@@ -58,7 +58,9 @@ class Splits:
         for part in ("train", "val"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             if x.ndim != 3 or x.shape[1:] != INPUT_SIZE or x.dtype != np.uint8:
-                raise DatasetError(f"x_{part} must be uint8 (N, 48, 48); got {x.dtype} {x.shape}")
+                raise DatasetError(
+                    f"x_{part} must be uint8 (N, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}); got {x.dtype} {x.shape}"
+                )
             if len(x) != len(y) or len(x) == 0:
                 raise DatasetError(f"x_{part} has {len(x)} faces but y_{part} has {len(y)} labels")
 
@@ -168,7 +170,7 @@ def build_training_model(cfg: TrainConfig):
                 f"--init-from {cfg.init_from} is not a {cfg.arch} network; pass a {cfg.arch} .keras"
             )
         net.set_weights(source.get_weights())
-    stack = [keras.Input((48, 48, 1), name="faces")]
+    stack = [keras.Input((*INPUT_SIZE, 1), name=INPUT_NAME)]
     if cfg.augment:
         stack.append(_augmenter(cfg.seed, cfg.augment_level))
     model = keras.Sequential([*stack, net], name=f"train_{cfg.arch}")
@@ -399,13 +401,7 @@ def train(cfg: TrainConfig, data: Splits, out: str | os.PathLike, *, resume: boo
             shuffle=True,
             verbose=0,
         )
-    metrics = evaluate_run(out, data, cfg, state)
-    atomic_write_json(out / "metrics.json", metrics)
-    log(
-        f"done: best {data.val_name} accuracy {metrics['splits'][data.val_name]['accuracy']:.4f} "
-        f"(epoch {state['best_epoch']}), flip-TTA {metrics['splits'][data.val_name]['accuracy_flip_tta']:.4f}"
-    )
-    return metrics
+    return finish_run(out, data, cfg, state, log=log)
 
 
 def new_run_state(cfg: TrainConfig) -> dict:
@@ -479,6 +475,19 @@ def evaluate_run(out: Path, data: Splits, cfg: TrainConfig, state: dict, *, pred
         "splits": splits,
         "history": state["history"],
     }
+
+
+def finish_run(out: Path, data: Splits, cfg: TrainConfig, state: dict, *, log, predict=predict_proba) -> dict:
+    """The end of a run, one rule for the Keras and the JAX loops: ``best.keras`` evaluated (:func:`evaluate_run`
+    with ``predict``), ``metrics.json`` written and the closing line logged; returns the metrics."""
+    metrics = evaluate_run(out, data, cfg, state, predict=predict)
+    atomic_write_json(out / "metrics.json", metrics)
+    selected = metrics["splits"][data.val_name]
+    log(
+        f"done: best {data.val_name} accuracy {selected['accuracy']:.4f} (epoch {state['best_epoch']}), "
+        f"flip-TTA {selected['accuracy_flip_tta']:.4f}"
+    )
+    return metrics
 
 
 def load_splits(path: str | os.PathLike, *, val_split: float | None = None, seed: int = 0) -> Splits:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,26 @@ def log_providers(session: Any, requested: Sequence[Any], name: str) -> list[str
             name,
         )
     return actual
+
+
+def run_batches(
+    session: Any,
+    x: Any,
+    batch_size: int = 256,
+    *,
+    outputs: Sequence[str] | None = None,
+    input_name: str | None = None,
+) -> Iterator[list[Any]]:
+    """The one batched run: ``session.run(outputs, {input_name: chunk})`` for each ``batch_size`` rows of ``x``,
+    in order, as float32 C-contiguous chunks. ``outputs=None`` returns every graph output; ``input_name`` defaults
+    to the session's first input. Yields each chunk's output list (a generator: a caller can reduce as it goes)."""
+    import numpy as np
+
+    size = positive_int("batch_size", batch_size, "256")
+    name = input_name if input_name is not None else session.get_inputs()[0].name
+    wanted = None if outputs is None else list(outputs)
+    for start in range(0, len(x), size):
+        yield session.run(wanted, {name: np.ascontiguousarray(x[start : start + size], dtype=np.float32)})
 
 
 def session_source(session: Any) -> str:

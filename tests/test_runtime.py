@@ -14,7 +14,7 @@ import onnxruntime
 import pytest
 
 from fer_sdk import runtime
-from fer_sdk.constants import EMOTIONS
+from fer_sdk.constants import EMOTIONS, INPUT_NAME, OUTPUT_NAME
 from fer_sdk.errors import DependencyError, InvalidInputError, ModelError
 
 CPU, CUDA, TRT = runtime.CPU, runtime.CUDA, runtime.TENSORRT
@@ -132,6 +132,36 @@ def test_create_session_runs_and_logs_provider(tiny_models, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     (probs,) = session.run(None, {"faces": np.zeros((3, 48, 48, 1), np.float32)})
     assert probs.shape == (3, 7) and probs.dtype == np.float32
+
+
+def test_run_batches_is_one_run_cut_into_ordered_float32_chunks(make_onnx, tmp_path):
+    """runtime.run_batches (the export checks' and the BN recovery's batched run): chunks of batch_size rows in
+    order, each fed as float32 C-contiguous; together the same as one run over all rows."""
+    session = runtime.create_session(make_onnx(tmp_path / "linear.onnx"))
+    faces = np.random.default_rng(0).integers(0, 256, (10, 48, 48, 1), dtype=np.uint8)
+    (whole,) = session.run(None, {INPUT_NAME: faces.astype(np.float32)})
+    fed = []
+
+    class Recording:
+        def get_inputs(self):
+            return session.get_inputs()
+
+        def run(self, outputs, feed):
+            fed.append((outputs, feed[INPUT_NAME].dtype, feed[INPUT_NAME].flags.c_contiguous, len(feed[INPUT_NAME])))
+            return session.run(outputs, feed)
+
+    strided = faces[:, ::-1]  # not C-contiguous, and uint8
+    chunks = list(runtime.run_batches(Recording(), strided, 4, outputs=[OUTPUT_NAME]))
+    assert [rows for *_, rows in fed] == [4, 4, 2]
+    assert all(outputs == [OUTPUT_NAME] and dtype == np.float32 and contiguous for outputs, dtype, contiguous, _ in fed)
+    (reference,) = session.run(None, {INPUT_NAME: np.ascontiguousarray(strided, dtype=np.float32)})
+    np.testing.assert_allclose(np.concatenate([c[0] for c in chunks]), reference, rtol=1e-6, atol=1e-7)
+    everything = list(runtime.run_batches(session, faces, 256))  # outputs=None: every graph output, one chunk
+    assert len(everything) == 1 and len(everything[0]) == 1
+    np.testing.assert_allclose(everything[0][0], whole, rtol=1e-6, atol=1e-7)
+    assert list(runtime.run_batches(session, faces[:0])) == []
+    with pytest.raises(InvalidInputError, match="batch_size=0 must be a positive integer"):
+        list(runtime.run_batches(session, faces, 0))
 
 
 def test_session_from_bytes(tiny_models):

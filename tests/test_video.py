@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import cv2
@@ -408,17 +409,61 @@ def test_tracker_follows_moving_and_reordered_faces():
     assert tracker.update(0.16, [face(800, 600)]) == [3]  # far from every track: a new one
 
 
-def test_a_video_stating_no_frame_rate_is_sampled_and_annotated_at_the_assumed_rate(
-    clf, samples_dir, tmp_path, monkeypatch
-):
-    """--fps on a file without a frame rate samples as if it ran at ASSUMED_FPS (it used to sample every frame
-    while the annotated copy was written at the assumed rate: it played ~12x slow); time_s stays unknown, and the
-    annotated copy holds exactly the sampled frames at the sampled rate."""
+def _restate_frame_rate(path: Path, *, mp4_frame_ticks: int | None = None, avi_rate: int | None = None) -> Path:
+    """Rewrite the frame rate an OpenCV-written file states, in place: an MP4's first ``stts`` entry (ticks per
+    frame; 1 tick at OpenCV's 10240 ticks a second states 10240 fps) or an AVI's ``avih``/``strh`` rate fields."""
+    data = bytearray(path.read_bytes())
+    if mp4_frame_ticks is not None:
+        at = data.index(b"stts") + 16  # box type, version/flags, entry count, sample count: then the delta
+        struct.pack_into(">I", data, at, mp4_frame_ticks)
+    if avi_rate is not None:
+        struct.pack_into("<I", data, data.index(b"avih") + 8, 0)  # microseconds per frame: unknown
+        struct.pack_into("<I", data, data.index(b"strh") + 8 + 24, avi_rate)  # dwRate (dwScale stays)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_native_fps_of_real_files_stating_a_rate_none_or_nonsense(tmp_path, samples_dir):
+    """native_fps on OpenCV captures of real files: the stated rate; 0.0 for an AVI whose header states a rate of
+    0 (read with OpenCV's own MJPEG reader: FFmpeg would invent 25) and for an MP4 stating 10240 fps."""
     import fer_sdk.video as video
 
     image = cv2.imread(str(samples_dir / "two_faces.jpg"))
-    long_clip = make_test_video(tmp_path / "long.mp4", [image], frames_per_image=30, fps=10)
-    monkeypatch.setattr(video, "native_fps", lambda cap: 0.0)  # what OpenCV reports for such a file
+    stated = make_test_video(tmp_path / "stated.mp4", [image], frames_per_image=6, fps=10)
+    nonsense = _restate_frame_rate(
+        make_test_video(tmp_path / "nonsense.mp4", [image], frames_per_image=6, fps=10), mp4_frame_ticks=1
+    )
+    avi = tmp_path / "zero.avi"
+    writer = cv2.VideoWriter(str(avi), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (320, 240))
+    assert writer.isOpened(), "this OpenCV build has no MJPEG AVI writer"
+    for _ in range(6):
+        writer.write(cv2.resize(image, (320, 240)))
+    writer.release()
+    _restate_frame_rate(avi, avi_rate=0)
+    cases = [
+        (stated, cv2.CAP_ANY, 10.0, 10.0),
+        (nonsense, cv2.CAP_ANY, 10240.0, 0.0),
+        (avi, cv2.CAP_OPENCV_MJPEG, 0.0, 0.0),
+    ]
+    for path, api, reported, expected in cases:
+        cap = cv2.VideoCapture(str(path), api)
+        try:
+            assert cap.isOpened() and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(reported), path.name
+            assert video.native_fps(cap) == expected, path.name
+        finally:
+            cap.release()
+
+
+def test_a_video_stating_no_frame_rate_is_sampled_and_annotated_at_the_assumed_rate(clf, samples_dir, tmp_path):
+    """--fps on a file without a usable frame rate (a real MP4 stating 10240 fps) samples as if it ran at
+    ASSUMED_FPS (it used to sample every frame while the annotated copy was written at the assumed rate: it played
+    ~12x slow); time_s stays unknown, and the annotated copy holds exactly the sampled frames at the sampled rate."""
+    import fer_sdk.video as video
+
+    image = cv2.imread(str(samples_dir / "two_faces.jpg"))
+    long_clip = _restate_frame_rate(
+        make_test_video(tmp_path / "long.mp4", [image], frames_per_image=30, fps=10), mp4_frame_ticks=1
+    )
     out = tmp_path / "ann"
     out.mkdir()
     rows = list(video_rows(clf, long_clip, fps=5.0, annotate=out))
