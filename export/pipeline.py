@@ -131,11 +131,15 @@ class _KerasReference:
 
     def __init__(self, net, name: str) -> None:
         self.net, self.model_name = net, name
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # every file is checked on the same faces
 
     def predict_proba(self, faces: np.ndarray) -> np.ndarray:
         from .convert import faces_to_input
 
-        return np.asarray(self.net.predict(faces_to_input(faces), batch_size=256, verbose=0), dtype=np.float32)
+        if self._last is None or self._last[0] is not faces:
+            probs = np.asarray(self.net.predict(faces_to_input(faces), batch_size=256, verbose=0), dtype=np.float32)
+            self._last = (faces, probs)
+        return self._last[1]
 
 
 def _export_litert(source, out: Path, x_eval: np.ndarray, calibration_faces: np.ndarray | None, log) -> list[Path]:
@@ -155,16 +159,8 @@ def _export_litert(source, out: Path, x_eval: np.ndarray, calibration_faces: np.
         metrics=summarize_metrics(run_metrics),
     )
     reference = _KerasReference(net, described)
-    plans = [(out, False, False, LITERT_FLOAT_AGREEMENT)]
-    if calibration_faces is not None:
-        plans += [
-            (int8_path(out), True, False, LITERT_INT8_AGREEMENT),
-            (int8_path(out), True, True, LITERT_INT8_AGREEMENT),
-        ]
-    written: list[Path] = []
-    for path, int8, float_head, needed in plans:
-        if path in written:  # full integer passed: no float-head fallback
-            continue
+
+    def export(path: Path, int8: bool, float_head: bool, needed: float) -> bool:
         report = export_tflite(
             net,
             path,
@@ -177,11 +173,17 @@ def _export_litert(source, out: Path, x_eval: np.ndarray, calibration_faces: np.
             min_agreement=needed,
             log=log,
         )
-        if report["written"]:
-            written.append(path)
-        elif not int8 or float_head:
+        if not report["written"] and (not int8 or float_head):  # no recipe left to try
             raise ModelError(
                 f"{path.name}: argmax agreement with Keras {report['parity']['argmax_agreement']:.2%} is under "
                 f"{needed:.1%}; not written"
             )
-    return written
+        return report["written"]
+
+    export(out, False, False, LITERT_FLOAT_AGREEMENT)
+    if calibration_faces is None:
+        return [out]
+    # full integer when it agrees well enough, else the last dense layer in float32 (as ship --litert does)
+    if not export(int8_path(out), True, False, LITERT_INT8_AGREEMENT):
+        export(int8_path(out), True, True, LITERT_INT8_AGREEMENT)
+    return [out, int8_path(out)]
